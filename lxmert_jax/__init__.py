@@ -1,0 +1,1 @@
+"""lxmert_jax: LXMERT (Tan & Bansal, 2019) in JAX/Flax."""
