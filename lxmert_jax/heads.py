@@ -1,0 +1,232 @@
+"""Task heads and task models: pre-training, question answering, NLVR2.
+
+Names follow transformers (`cls.predictions`, `cls.seq_relationship`,
+`obj_predict_head`, `answer_head.logit_fc`) and, for NLVR2, the original
+repository (`logit_fc`), so checkpoints convert by renaming.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from lxmert_jax import layers, losses
+from lxmert_jax.configuration import LxmertConfig
+from lxmert_jax.modeling import LxmertModel
+from lxmert_jax.outputs import (LxmertForNLVR2Output, LxmertForPreTrainingOutput,
+                                LxmertForQuestionAnsweringOutput)
+
+Array = jax.Array
+
+
+class PredictionHeadTransform(nn.Module):
+  """Dense -> activation -> LayerNorm (HF `LxmertPredictionHeadTransform`)."""
+
+  config: LxmertConfig
+
+  @nn.compact
+  def __call__(self, h: Array) -> Array:
+    cfg = self.config
+    h = layers.dense(cfg, cfg.hidden_size, ("embed", "embed"), "dense")(h)
+    return layers.layer_norm(cfg)(layers.activation(cfg.hidden_act, h))
+
+
+class LMPredictionHead(nn.Module):
+  """Masked-LM head whose decoder is the (tied) word-embedding matrix."""
+
+  config: LxmertConfig
+
+  @nn.compact
+  def __call__(self, h: Array, word_embeddings: Array) -> Array:
+    cfg = self.config
+    h = PredictionHeadTransform(cfg, name="transform")(h)
+    bias = self.param("bias", layers.zeros_init(("vocab",)), (cfg.vocab_size,),
+                      cfg.storage_dtype)
+    logits = jnp.einsum("...d,vd->...v", h, word_embeddings.astype(h.dtype),
+                        preferred_element_type=jnp.float32)
+    return logits + bias.astype(jnp.float32)
+
+
+class PreTrainingHeads(nn.Module):
+  """HF `LxmertPreTrainingHeads`: `predictions` (MLM) and `seq_relationship`."""
+
+  config: LxmertConfig
+
+  @nn.compact
+  def __call__(self, lang: Array, pooled: Array,
+               word_embeddings: Array) -> tuple[Array, Array]:
+    cfg = self.config
+    mlm = LMPredictionHead(cfg, name="predictions")(lang, word_embeddings)
+    match = layers.dense(cfg, 2, ("embed", "classes"), "seq_relationship")(pooled)
+    return mlm, match.astype(jnp.float32)
+
+
+class VisualObjHead(nn.Module):
+  """Object-label, attribute and feature-regression decoders on the vision stream."""
+
+  config: LxmertConfig
+
+  @nn.compact
+  def __call__(self, visn: Array) -> dict[str, Array]:
+    cfg = self.config
+    h = PredictionHeadTransform(cfg, name="transform")(visn)
+    return VisualDecoders(cfg, name="decoder_dict")(h)
+
+
+class VisualDecoders(nn.Module):
+  """One Dense decoder per enabled visual loss (HF `decoder_dict`)."""
+
+  config: LxmertConfig
+
+  @nn.compact
+  def __call__(self, h: Array) -> dict[str, Array]:
+    cfg = self.config
+    sizes = {"obj": (cfg.num_object_labels, "classes"),
+             "attr": (cfg.num_attr_labels, "classes"),
+             "feat": (cfg.visual_feat_dim, "vis_feat")}
+    out = {}
+    for key in cfg.visual_losses:
+      num, axis = sizes[key]
+      out[key] = layers.dense(cfg, num, ("embed", axis), key)(h).astype(jnp.float32)
+    return out
+
+
+class AnswerHead(nn.Module):
+  """`logit_fc`: Dense(D->2D) -> GeLU -> LayerNorm -> Dense(2D->num_answers)."""
+
+  config: LxmertConfig
+  num_answers: int
+  input_axis: Optional[str] = "embed"
+
+  @nn.compact
+  def __call__(self, pooled: Array) -> Array:
+    cfg = self.config
+    hid = pooled.shape[-1] * 2 if self.input_axis == "embed" else pooled.shape[-1]
+    h = layers.dense(cfg, hid, (self.input_axis, "mlp"), "logit_fc_0")(pooled)
+    h = layers.layer_norm(cfg, "mlp", name="logit_fc_2")(layers.activation("gelu", h))
+    out = layers.dense(cfg, self.num_answers, ("mlp", "classes"), "logit_fc_3")(h)
+    return out.astype(jnp.float32)
+
+
+def _word_embeddings(backbone: LxmertModel) -> Array:
+  return nn.meta.unbox(
+      backbone.variables["params"]["embeddings"]["word_embeddings"]["embedding"])
+
+
+class LxmertForPreTraining(nn.Module):
+  """HF `LxmertForPreTraining`: the backbone and all five pre-training heads.
+
+  With labels it also returns the summed loss and its terms, with the same
+  conventions as transformers (`labels` = masked-LM labels, `obj_labels` =
+  `{name: (labels_or_targets, weights_or_mask)}`, `matched_label`, `ans`).
+  """
+
+  config: LxmertConfig
+
+  @nn.compact
+  def __call__(self, input_ids: Array, visual_feats: Array, visual_pos: Array,
+               attention_mask: Optional[Array] = None,
+               token_type_ids: Optional[Array] = None,
+               visual_attention_mask: Optional[Array] = None, *,
+               labels: Optional[Array] = None,
+               obj_labels: Optional[Mapping[str, tuple[Array, Array]]] = None,
+               matched_label: Optional[Array] = None, ans: Optional[Array] = None,
+               deterministic: bool = True, output_hidden_states: bool = False,
+               output_attentions: bool = False) -> LxmertForPreTrainingOutput:
+    cfg = self.config
+    backbone = LxmertModel(cfg, name="lxmert")
+    base = backbone(input_ids, visual_feats, visual_pos, attention_mask, token_type_ids,
+                    visual_attention_mask, deterministic=deterministic,
+                    output_hidden_states=output_hidden_states,
+                    output_attentions=output_attentions)
+    mlm, match = PreTrainingHeads(cfg, name="cls")(
+        base.language_output, base.pooled_output, _word_embeddings(backbone))
+    visual = (VisualObjHead(cfg, name="obj_predict_head")(base.vision_output)
+              if cfg.task_obj_predict else None)
+    answer = (AnswerHead(cfg, cfg.num_qa_labels, name="answer_head")(base.pooled_output)
+              if cfg.task_qa else None)
+    heads = dict(prediction_logits=mlm, cross_relationship_score=match,
+                 question_answering_score=answer, visual_prediction=visual)
+    loss = terms = None
+    if any(x is not None for x in (labels, obj_labels, matched_label, ans)):
+      terms = losses.pretraining_terms(cfg, masked_lm_labels=labels,
+                                       matched_label=matched_label,
+                                       obj_labels=obj_labels, ans=ans, **heads)
+      loss = sum(terms.values(), jnp.zeros((), jnp.float32))
+    return LxmertForPreTrainingOutput(**vars(base), **heads, loss=loss, loss_terms=terms)
+
+
+class LxmertForQuestionAnswering(nn.Module):
+  """HF `LxmertForQuestionAnswering`: the backbone and an answer head.
+
+  `labels` are integer answers (transformers' cross-entropy); for the
+  original's soft-score BCE use `losses.soft_target_bce_loss`.
+  """
+
+  config: LxmertConfig
+
+  @nn.compact
+  def __call__(self, input_ids: Array, visual_feats: Array, visual_pos: Array,
+               attention_mask: Optional[Array] = None,
+               token_type_ids: Optional[Array] = None,
+               visual_attention_mask: Optional[Array] = None, *,
+               labels: Optional[Array] = None, deterministic: bool = True,
+               output_hidden_states: bool = False,
+               output_attentions: bool = False) -> LxmertForQuestionAnsweringOutput:
+    cfg = self.config
+    base = LxmertModel(cfg, name="lxmert")(
+        input_ids, visual_feats, visual_pos, attention_mask, token_type_ids,
+        visual_attention_mask, deterministic=deterministic,
+        output_hidden_states=output_hidden_states, output_attentions=output_attentions)
+    scores = AnswerHead(cfg, cfg.num_qa_labels, name="answer_head")(base.pooled_output)
+    loss = None if labels is None else losses.mean_cross_entropy(scores, labels)
+    return LxmertForQuestionAnsweringOutput(**vars(base), question_answering_score=scores,
+                                            loss=loss)
+
+
+class LxmertForNLVR2(nn.Module):
+  """The original repository's NLVR2 classifier: one statement, two images.
+
+  The batch is flattened to 2B (statement repeated; image 0 then image 1),
+  the two pooled outputs are concatenated and classified by `logit_fc`.
+  """
+
+  config: LxmertConfig
+
+  @nn.compact
+  def __call__(self, input_ids: Array, visual_feats: Array, visual_pos: Array,
+               attention_mask: Optional[Array] = None,
+               token_type_ids: Optional[Array] = None,
+               visual_attention_mask: Optional[Array] = None, *,
+               labels: Optional[Array] = None,
+               deterministic: bool = True) -> LxmertForNLVR2Output:
+    """Classifies statements against image pairs.
+
+    Args:
+      input_ids: [B, T].
+      visual_feats: [B, 2, O, F]; visual_pos: [B, 2, O, 4].
+      attention_mask, token_type_ids: [B, T] or None.
+      visual_attention_mask: [B, 2, O] or None.
+      labels: [B] in {0, 1} (1 = true), for the cross-entropy loss.
+      deterministic: no dropout when True.
+    """
+    cfg = self.config
+
+    def pairs(x: Optional[Array]) -> Optional[Array]:
+      return None if x is None else jnp.repeat(jnp.asarray(x), 2, axis=0)
+
+    def flat(x: Optional[Array]) -> Optional[Array]:
+      return None if x is None else jnp.asarray(x).reshape(-1, *x.shape[2:])
+
+    base = LxmertModel(cfg, name="lxmert")(
+        pairs(input_ids), flat(visual_feats), flat(visual_pos), pairs(attention_mask),
+        pairs(token_type_ids), flat(visual_attention_mask), deterministic=deterministic)
+    pooled = base.pooled_output.reshape(-1, 2 * cfg.hidden_size)
+    # Named like the QA head so that the original `logit_fc.*` keys convert the
+    # same way for every fine-tuned task.
+    logits = AnswerHead(cfg, 2, input_axis=None, name="answer_head")(pooled)
+    loss = None if labels is None else losses.mean_cross_entropy(logits, labels)
+    return LxmertForNLVR2Output(logits=logits, pooled_output=pooled, loss=loss)
