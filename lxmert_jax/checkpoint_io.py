@@ -1,0 +1,113 @@
+"""Our model checkpoint directory: `config.json` plus orbax-saved parameters.
+
+Layout of a directory written by `save_model`:
+
+    config.json   transformers-style LXMERT config, `architectures` naming the
+                  task model, our dtypes under `lxmert_jax`
+    params/       the parameter tree, saved with orbax's StandardCheckpointer
+
+A directory is written under a temporary name and renamed into place only
+when complete, so a failed or interrupted save never leaves a checkpoint that
+looks valid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from lxmert_jax import heads, modeling
+from lxmert_jax.configuration import LxmertConfig
+
+ARCHITECTURES: dict[str, type[nn.Module]] = {
+    "LxmertModel": modeling.LxmertModel,
+    "LxmertForPreTraining": heads.LxmertForPreTraining,
+    "LxmertForQuestionAnswering": heads.LxmertForQuestionAnswering,
+    "LxmertForNLVR2": heads.LxmertForNLVR2,
+}
+
+
+def model_class(architecture: str) -> type[nn.Module]:
+  """The Flax module class of a transformers-style architecture name."""
+  try:
+    return ARCHITECTURES[architecture]
+  except KeyError:
+    raise ValueError(f"unknown architecture {architecture!r}; expected one of "
+                     f"{sorted(ARCHITECTURES)}") from None
+
+
+def architecture_name(model: nn.Module) -> str:
+  for name, cls in ARCHITECTURES.items():
+    if type(model) is cls:
+      return name
+  raise ValueError(f"{type(model).__name__} is not an LXMERT task model")
+
+
+def abstract_params(model: nn.Module, batch_size: int = 1) -> Any:
+  """Shapes and dtypes of the model's parameters, without allocating them."""
+  inputs = modeling.dummy_inputs(model.config, batch_size, seq_len=4, num_objects=2)
+  if isinstance(model, heads.LxmertForNLVR2):
+    inputs["visual_feats"] = np.stack([inputs["visual_feats"]] * 2, axis=1)
+    inputs["visual_pos"] = np.stack([inputs["visual_pos"]] * 2, axis=1)
+    inputs["visual_attention_mask"] = np.stack([inputs["visual_attention_mask"]] * 2, axis=1)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), **inputs))
+  return nn.meta.unbox(shapes["params"])
+
+
+def save_model(directory: str | os.PathLike, model: nn.Module, params: Any) -> str:
+  """Writes `config.json` and `params/` atomically; returns the directory."""
+  directory = os.path.abspath(os.fspath(directory))
+  parent = os.path.dirname(directory)
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(directory) + "-", dir=parent)
+  try:
+    model.config.to_json_file(os.path.join(tmp, "config.json"),
+                              architectures=[architecture_name(model)])
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(os.path.join(tmp, "params"), nn.meta.unbox(params))
+    checkpointer.wait_until_finished()
+    checkpointer.close()
+    if os.path.exists(directory):
+      shutil.rmtree(directory)
+    os.rename(tmp, directory)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return directory
+
+
+def load_config(directory: str | os.PathLike) -> tuple[LxmertConfig, str]:
+  """The config and architecture name stored in a checkpoint directory."""
+  path = os.path.join(directory, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{directory}: no config.json; not an lxmert_jax checkpoint")
+  with open(path, encoding="utf-8") as f:
+    data = json.load(f)
+  architectures = data.get("architectures") or ["LxmertForPreTraining"]
+  return LxmertConfig.from_dict(data, source=path), architectures[0]
+
+
+def load_model(directory: str | os.PathLike, **config_overrides: Any
+               ) -> tuple[nn.Module, Any]:
+  """Loads `(model, params)` from a directory written by `save_model`.
+
+  Args:
+    directory: the checkpoint directory.
+    **config_overrides: config fields to change, e.g. `dtype="bfloat16"`.
+  """
+  config, architecture = load_config(directory)
+  model = model_class(architecture)(config.replace(**config_overrides))
+  target = abstract_params(model)
+  params_dir = os.path.join(os.path.abspath(directory), "params")
+  if not os.path.isdir(params_dir):
+    raise FileNotFoundError(f"{directory}: no params/ directory")
+  params = ocp.StandardCheckpointer().restore(params_dir, target)
+  return model, params
