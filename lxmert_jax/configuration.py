@@ -24,7 +24,7 @@ _HF_BOOKKEEPING_KEYS = frozenset({
     "output_hidden_states", "return_dict", "use_return_dict", "id2label",
     "label2id", "problem_type", "tie_word_embeddings", "num_hidden_layers",
     "_name_or_path", "chunk_size_feed_forward", "is_encoder_decoder",
-    "tokenizer_class", "num_labels", "vocab_file",
+    "tokenizer_class", "num_labels", "vocab_file", "lxmert_jax",
 })
 
 _DTYPES = ("float32", "bfloat16", "float16")
