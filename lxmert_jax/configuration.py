@@ -28,6 +28,9 @@ _HF_BOOKKEEPING_KEYS = frozenset({
 })
 
 _DTYPES = ("float32", "bfloat16", "float16")
+_ATTENTION_IMPLEMENTATIONS = ("reference", "xla", "cudnn")
+# Fields of ours that transformers' config does not have.
+_OWN_FIELDS = ("dtype", "param_dtype", "attention_implementation")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,9 +68,15 @@ class LxmertConfig:
   visual_obj_loss: bool = True
   visual_attr_loss: bool = True
   visual_feat_loss: bool = True
-  # Our own fields: compute and storage dtypes.
+  # Our own fields (stored under `lxmert_jax` in config.json).
+  # Compute and storage dtypes.
   dtype: str = "float32"
   param_dtype: str = "float32"
+  # "reference": softmax written out, with dropout on the attention
+  # probabilities exactly as the reference. "xla" / "cudnn":
+  # `jax.nn.dot_product_attention` with that implementation; faster, but it has
+  # no attention-probability dropout and returns no attention maps.
+  attention_implementation: str = "reference"
 
   def __post_init__(self):
     if self.hidden_size % self.num_attention_heads:
@@ -81,6 +90,10 @@ class LxmertConfig:
     for name in ("dtype", "param_dtype"):
       if getattr(self, name) not in _DTYPES:
         raise ValueError(f"{name} {getattr(self, name)!r}: expected one of {_DTYPES}")
+    if self.attention_implementation not in _ATTENTION_IMPLEMENTATIONS:
+      raise ValueError(
+          f"attention_implementation {self.attention_implementation!r}: expected one "
+          f"of {_ATTENTION_IMPLEMENTATIONS}")
 
   @property
   def head_dim(self) -> int:
@@ -120,17 +133,17 @@ class LxmertConfig:
     unknown = sorted(k for k in data if k not in fields and k not in _HF_BOOKKEEPING_KEYS)
     if unknown:
       raise ValueError(f"{source}: unknown LXMERT config keys {unknown}")
-    kwargs = {k: v for k, v in data.items() if k in fields and k != "dtype"}
+    kwargs = {k: v for k, v in data.items() if k in fields and k not in _OWN_FIELDS}
     # transformers writes its own `dtype` (torch storage dtype, e.g. "float32");
-    # it is not our compute dtype, so only our own files set ours.
+    # it is not our compute dtype, so only our own section sets ours.
     ours = data.get("lxmert_jax", {})
-    kwargs.update({k: v for k, v in ours.items() if k in ("dtype", "param_dtype")})
+    kwargs.update({k: v for k, v in ours.items() if k in _OWN_FIELDS})
     return cls(**kwargs)
 
   def to_dict(self) -> dict[str, Any]:
     """A Hugging Face style dict; our dtypes go under the `lxmert_jax` key."""
     data = dataclasses.asdict(self)
-    ours = {"dtype": data.pop("dtype"), "param_dtype": data.pop("param_dtype")}
+    ours = {name: data.pop(name) for name in _OWN_FIELDS}
     data["num_hidden_layers"] = {
         "vision": self.r_layers, "cross_encoder": self.x_layers,
         "language": self.l_layers}

@@ -134,16 +134,28 @@ class LxmertForPreTraining(nn.Module):
                labels: Optional[Array] = None,
                obj_labels: Optional[Mapping[str, tuple[Array, Array]]] = None,
                matched_label: Optional[Array] = None, ans: Optional[Array] = None,
+               mlm_positions: Optional[Array] = None,
                deterministic: bool = True, output_hidden_states: bool = False,
                output_attentions: bool = False) -> LxmertForPreTrainingOutput:
+    """Runs the backbone and every enabled pre-training head.
+
+    `mlm_positions` ([K] flat indices into the B*T text positions, see
+    `losses.gather_masked_positions`) restricts the masked-LM decoder to those
+    positions: `prediction_logits` is then [K, V] and `labels`, if given, are
+    the [K] labels of those positions. The loss is unchanged, the decoder's
+    cost falls by T*B/K.
+    """
     cfg = self.config
     backbone = LxmertModel(cfg, name="lxmert")
     base = backbone(input_ids, visual_feats, visual_pos, attention_mask, token_type_ids,
                     visual_attention_mask, deterministic=deterministic,
                     output_hidden_states=output_hidden_states,
                     output_attentions=output_attentions)
+    lang = base.language_output
+    if mlm_positions is not None:
+      lang = lang.reshape(-1, lang.shape[-1])[mlm_positions]
     mlm, match = PreTrainingHeads(cfg, name="cls")(
-        base.language_output, base.pooled_output, _word_embeddings(backbone))
+        lang, base.pooled_output, _word_embeddings(backbone))
     visual = (VisualObjHead(cfg, name="obj_predict_head")(base.vision_output)
               if cfg.task_obj_predict else None)
     answer = (AnswerHead(cfg, cfg.num_qa_labels, name="answer_head")(base.pooled_output)

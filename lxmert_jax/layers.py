@@ -133,7 +133,8 @@ class Attention(nn.Module):
   """Multi-head attention without output projection (`LxmertAttention`).
 
   Returns the merged context [B, T, D] and the attention probabilities
-  [B, N, T, S] after dropout (what transformers returns as attentions).
+  [B, N, T, S] after dropout (what transformers returns as attentions); the
+  fused implementations return None for the probabilities.
   """
 
   config: LxmertConfig
@@ -149,6 +150,11 @@ class Attention(nn.Module):
       return y.reshape(*y.shape[:-1], n, h)
 
     q, k, v = project(hidden, "query"), project(context, "key"), project(context, "value")
+    if cfg.attention_implementation != "reference":
+      ctx = jax.nn.dot_product_attention(
+          q, k, v, mask=None if bias is None else bias == 0,
+          implementation=cfg.attention_implementation)
+      return ctx.reshape(*ctx.shape[:-2], n * h), None
     scores = jnp.einsum("btnh,bsnh->bnts", q, k, preferred_element_type=jnp.float32)
     scores = scores / math.sqrt(h)
     if bias is not None:

@@ -48,6 +48,27 @@ def mean_cross_entropy(logits: Array, labels: Array) -> Array:
   return total / jnp.maximum(count, 1.0)
 
 
+def gather_masked_positions(labels: Array, capacity: int) -> tuple[Array, Array, Array]:
+  """Flat indices of the labelled text positions, padded to a static size.
+
+  Args:
+    labels: [B, T] masked-LM labels (negative = not masked).
+    capacity: the static number K of positions to return.
+
+  Returns:
+    (positions [K] into the flattened B*T positions, their labels [K] with
+    padding slots set to IGNORE_INDEX, and a boolean that is True when more
+    than K positions were labelled, in which case some were left out and the
+    caller must fall back to all positions).
+  """
+  flat = labels.reshape(-1)
+  valid = flat >= 0
+  (positions,) = jnp.nonzero(valid, size=capacity, fill_value=0)
+  filled = jnp.arange(capacity) < jnp.sum(valid)
+  gathered = jnp.where(filled, flat[positions], IGNORE_INDEX)
+  return positions, gathered, jnp.sum(valid) > capacity
+
+
 def visual_label_loss(logits: Array, labels: Array, weights: Array,
                       normalizer: float) -> Array:
   """Confidence-weighted per-box cross-entropy, mean over all boxes.

@@ -129,6 +129,9 @@ class LxmertModel(nn.Module):
       An `LxmertModelOutput`.
     """
     cfg = self.config
+    if output_attentions and cfg.attention_implementation != "reference":
+      raise ValueError("output_attentions needs attention_implementation='reference'; "
+                       f"{cfg.attention_implementation!r} returns no attention maps")
     input_ids = jnp.asarray(input_ids, jnp.int32)
     if attention_mask is None:
       attention_mask = jnp.ones(input_ids.shape, jnp.int32)

@@ -184,3 +184,31 @@ def test_config_json_round_trip_and_errors(tmp_path):
   (tmp_path / "bad.json").write_text("{oops")
   with pytest.raises(ValueError, match="bad.json: not valid JSON"):
     LxmertConfig.from_json_file(tmp_path / "bad.json")
+
+
+def test_masked_lm_on_gathered_positions_gives_the_same_loss():
+  cfg = LxmertConfig(**TINY)
+  model = lxmert_jax.LxmertForPreTraining(cfg)
+  inputs = random_inputs(3)
+  params = init(model, inputs)
+  labels = np.full((3, 9), -100)
+  labels[0, 2], labels[1, 5], labels[2, 1], labels[2, 7] = 4, 9, 11, 0
+  full = model.apply({"params": params}, **inputs, labels=labels)
+  positions, gathered, overflow = lxmert_jax.losses.gather_masked_positions(labels, 6)
+  assert not overflow
+  part = model.apply({"params": params}, **inputs, labels=gathered, mlm_positions=positions)
+  assert part.prediction_logits.shape == (6, TINY["vocab_size"])
+  np.testing.assert_allclose(part.loss_terms["mlm"], full.loss_terms["mlm"], rtol=1e-6)
+  assert lxmert_jax.losses.gather_masked_positions(labels, 3)[2]
+
+
+def test_fused_attention_matches_the_reference_without_dropout():
+  cfg = LxmertConfig(**TINY)
+  inputs = random_inputs(3)
+  params = init(lxmert_jax.LxmertForPreTraining(cfg), inputs)
+  ref = lxmert_jax.LxmertForPreTraining(cfg).apply({"params": params}, **inputs)
+  fused_model = lxmert_jax.LxmertForPreTraining(cfg.replace(attention_implementation="xla"))
+  fused = fused_model.apply({"params": params}, **inputs)
+  assert max_rel_error(fused.prediction_logits, ref.prediction_logits) < 1e-5
+  with pytest.raises(ValueError, match="output_attentions needs"):
+    fused_model.apply({"params": params}, **inputs, output_attentions=True)
