@@ -93,8 +93,10 @@ class Embeddings(nn.Module):
                deterministic: bool) -> Array:
     cfg = self.config
 
+    # Lookups and their sum stay in the storage dtype (float32 normally): they
+    # cost no matmul, and the LayerNorm after them casts to the compute dtype.
     def table(num: int, axis: str, name: str) -> nn.Embed:
-      return nn.Embed(num, cfg.hidden_size, dtype=cfg.compute_dtype,
+      return nn.Embed(num, cfg.hidden_size, dtype=cfg.storage_dtype,
                       param_dtype=cfg.storage_dtype,
                       embedding_init=normal_init(cfg, (axis, "embed")), name=name)
 
