@@ -1,0 +1,432 @@
+"""LXMERT pre-training: the train step and the `train_and_evaluate` loop.
+
+The step is one `jax.jit` with explicit shardings: the state in its sharded
+layout (donated, so parameters and moments are updated in place) and the
+batch split over the mesh's data axes. Dropout keys are `fold_in(base, step)`,
+so a resumed run is bit-identical to an uninterrupted one.
+
+The loop reads metrics one step late (the host fetches step s-1's metrics
+after dispatching step s), so the device queue never drains for logging.
+Before every save the pending metrics are checked: a non-finite loss stops the
+run before its state can be written, leaving the last good checkpoint.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from typing import Any, Callable, Iterator, Mapping, Optional
+
+from absl import logging
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from lxmert_jax import checkpointing, init_weights, objective, optim
+from lxmert_jax import sharding as sharding_lib
+from lxmert_jax import train_state as ts
+from lxmert_jax.configuration import LxmertConfig
+from lxmert_jax.heads import LxmertForPreTraining
+from lxmert_jax.metrics_writer import MetricsWriter, Throughput
+
+Batch = Mapping[str, jax.Array]
+MODEL_INPUTS = ("input_ids", "visual_feats", "visual_pos", "attention_mask",
+                "token_type_ids", "visual_attention_mask")
+
+
+class NonFiniteLossError(RuntimeError):
+  """The training loss became NaN or Inf; the run stopped without saving it."""
+
+
+class DataNotFoundError(FileNotFoundError):
+  """`config.data.dir` is missing or not a prepared pre-training dataset."""
+
+
+class PretrainData:
+  """The run's pre-training data: location, sizes, train and eval iterators.
+
+  With `config.data.build_demo` and no prepared directory, the built-in
+  synthetic corpus is generated first (into `data.dir`, or `WORKDIR/demo_data`
+  when `data.dir` is empty).
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+    from lxmert_jax import data as data_lib  # pylint: disable=import-outside-toplevel
+    self._lib = data_lib
+    self.config = config
+    cfg = config.data
+    self.dir = cfg.dir or (os.path.join(workdir, "demo_data") if cfg.build_demo else "")
+    if not self.dir:
+      raise DataNotFoundError(_missing_data_message("(empty)"))
+    if cfg.build_demo and not self._prepared():
+      logging.info("building the demo corpus (%d images) in %s", cfg.demo_images, self.dir)
+      data_lib.build_demo_data(self.dir, num_images=cfg.demo_images, seed=cfg.demo_seed)
+    if not self._prepared():
+      raise DataNotFoundError(_missing_data_message(self.dir))
+    self.info = data_lib.dataset_info(self.dir)
+    num_train = self.info.num_examples[cfg.train_split]
+    self.per_host_batch = config.batch_size // jax.process_count()
+    if config.batch_size % jax.process_count():
+      raise ValueError(f"batch_size {config.batch_size} is not divisible by the "
+                       f"{jax.process_count()} processes")
+    self.steps_per_epoch = num_train // config.batch_size
+    if self.steps_per_epoch == 0:
+      raise ValueError(f"batch_size {config.batch_size} exceeds the {num_train} training "
+                       f"examples of {self.dir}")
+
+  def _prepared(self) -> bool:
+    try:
+      self._lib.dataset_info(self.dir)
+    except (FileNotFoundError, OSError, ValueError):
+      return False
+    return True
+
+  def model_fields(self) -> dict[str, int]:
+    """LxmertConfig sizes dictated by the data."""
+    return dict(vocab_size=self.info.vocab_size, num_qa_labels=self.info.num_qa_labels,
+                num_object_labels=self.info.num_object_labels,
+                num_attr_labels=self.info.num_attr_labels,
+                visual_feat_dim=self.info.visual_feat_dim)
+
+  def check_batch_layout(self, mesh: jax.sharding.Mesh, grad_accum_steps: int) -> None:
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    if self.config.batch_size % (shards * grad_accum_steps):
+      raise ValueError(f"batch_size {self.config.batch_size} must be divisible by the "
+                       f"{shards} data-parallel shards x grad_accum_steps {grad_accum_steps}")
+
+  def _loader(self, split: str, *, shuffle: bool, num_epochs: Optional[int], seed: int):
+    cfg = self.config.data
+    return self._lib.make_pretrain_loader(
+        self.dir, split, batch_size=self.per_host_batch, seed=seed,
+        max_seq_length=cfg.max_seq_length, num_objects=cfg.num_objects, shuffle=shuffle,
+        num_epochs=num_epochs, shard_index=jax.process_index(),
+        shard_count=jax.process_count(), worker_count=cfg.worker_count, drop_remainder=True)
+
+  def train_iterator(self) -> Iterator[Mapping[str, np.ndarray]]:
+    """An endless, checkpointable iterator over shuffled training batches."""
+    return iter(self._loader(self.config.data.train_split, shuffle=True, num_epochs=None,
+                             seed=self.config.seed))
+
+  def eval_batches(self) -> Iterator[Mapping[str, np.ndarray]]:
+    """The first `eval_batches` batches of the eval split, the same every time."""
+    loader = self._loader(self.config.data.eval_split, shuffle=False, num_epochs=1,
+                          seed=self.config.seed)
+    limit = self.config.eval_batches
+    for i, batch in enumerate(loader):
+      if 0 < limit <= i:
+        break
+      yield batch
+
+
+def _missing_data_message(data_dir: str) -> str:
+  return (
+      f"config.data.dir={data_dir} is not a prepared LXMERT pre-training dataset. "
+      "Prepare the real data (the original TSV features and JSON annotations) with "
+      "`python -m lxmert_jax.data.prepare --raw_dir=RAW --out_dir=DIR` and pass "
+      "--config.data.dir=DIR, or run the built-in synthetic corpus with "
+      "`python -m lxmert_jax.main --config=configs/pretrain.py:demo --workdir=runs/demo`.")
+
+
+def model_config_from(config: ml_collections.ConfigDict,
+                      data_fields: Mapping[str, int]) -> LxmertConfig:
+  """The LxmertConfig of a run: variant fields, dataset sizes, task switches.
+
+  Args:
+    config: the run config (`model` block and `objective.tasks`).
+    data_fields: sizes the dataset dictates (vocab, label and feature sizes).
+  """
+  fields = dict(config.model.to_dict())
+  fields.update(data_fields)
+  fields.update(objective.model_task_switches(config.objective))
+  try:
+    return LxmertConfig(**fields)
+  except TypeError as e:
+    known = sorted(LxmertConfig.__dataclass_fields__)
+    raise ValueError(f"config.model: {e}; known fields are {known}") from e
+
+
+def loss_fn(model: nn.Module, model_config: LxmertConfig, params: Any, batch: Batch,
+            key: jax.Array, weights: Mapping[str, jax.Array], *, deterministic: bool
+            ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """The weighted pre-training loss of a batch and its metrics."""
+  outputs = model.apply({"params": params}, **{k: batch[k] for k in MODEL_INPUTS},
+                        deterministic=deterministic, rngs={"dropout": key})
+  return objective.compute(outputs, batch, model_config, weights)
+
+
+def _split_microbatches(batch: Batch, num: int) -> Batch:
+  """[B, ...] -> [num, B/num, ...] keeping each device's rows on that device.
+
+  Micro-batch i takes rows i, i+num, i+2·num, ...; a contiguous split would
+  move rows between devices because the batch is sharded by contiguous blocks.
+  """
+  def split(x):
+    x = x.reshape(x.shape[0] // num, num, *x.shape[1:])
+    return jnp.swapaxes(x, 0, 1)
+  return jax.tree.map(split, batch)
+
+
+def grads_and_metrics(model: nn.Module, model_config: LxmertConfig, params: Any,
+                      batch: Batch, key: jax.Array, weights: Mapping[str, jax.Array],
+                      grad_accum_steps: int, nan_at_step: Optional[jax.Array] = None
+                      ) -> tuple[Any, dict[str, jax.Array]]:
+  """Gradients of the loss (averaged over micro-batches) and summed metrics.
+
+  With `grad_accum_steps` = k > 1 the batch is processed as k micro-batches
+  in a `lax.scan`; gradients and per-task losses are averaged and the
+  accuracy counts summed, as accumulating k backward passes would.
+
+  Args:
+    nan_at_step: a boolean scalar; when true the loss is replaced by NaN.
+      This is the `debug_nan_at_step` test hook for the non-finite guard.
+  """
+  def value_and_grad(p, b, k):
+    def f(p_):
+      loss, metrics = loss_fn(model, model_config, p_, b, k, weights, deterministic=False)
+      if nan_at_step is not None:
+        loss = jnp.where(nan_at_step, jnp.nan, loss)
+        metrics = dict(metrics, loss=loss)
+      return loss, metrics
+    (_, metrics), grads = jax.value_and_grad(f, has_aux=True)(p)
+    return grads, metrics
+
+  if grad_accum_steps == 1:
+    return value_and_grad(params, batch, key)
+
+  micro = _split_microbatches(batch, grad_accum_steps)
+  zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+  shapes = jax.eval_shape(value_and_grad, params,
+                          jax.tree.map(lambda x: x[0], micro), key)[1]
+  metric_zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), shapes)
+
+  def body(carry, xs):
+    grad_sum, metric_sum = carry
+    i, b = xs
+    grads, metrics = value_and_grad(params, b, jax.random.fold_in(key, i))
+    grad_sum = jax.tree.map(lambda a, g: a + g.astype(jnp.float32), grad_sum, grads)
+    metric_sum = jax.tree.map(lambda a, m: a + m.astype(jnp.float32), metric_sum, metrics)
+    return (grad_sum, metric_sum), None
+
+  (grad_sum, metric_sum), _ = jax.lax.scan(
+      body, (zeros, metric_zeros), (jnp.arange(grad_accum_steps), micro))
+  grads = jax.tree.map(lambda g, p: (g / grad_accum_steps).astype(p.dtype), grad_sum, params)
+  metrics = {k: v if k.endswith(("_correct", "_count")) else v / grad_accum_steps
+             for k, v in metric_sum.items()}
+  return grads, metrics
+
+
+def make_train_step(model: nn.Module, model_config: LxmertConfig,
+                    tx: optax.GradientTransformation, schedule: optim.Schedule,
+                    config: ml_collections.ConfigDict, steps_per_epoch: int,
+                    state_shardings: ts.TrainState, mesh: jax.sharding.Mesh
+                    ) -> Callable[[ts.TrainState, Batch], tuple[ts.TrainState, dict]]:
+  """The jitted `(state, batch) -> (state, metrics)` update.
+
+  The state is donated: its buffers are reused for the new state.
+  """
+  nan_step = config.get("debug_nan_at_step", -1)
+
+  def train_step(state: ts.TrainState, batch: Batch):
+    weights = objective.loss_weights(config.objective, state.step, steps_per_epoch)
+    grads, metrics = grads_and_metrics(
+        model, model_config, state.params, batch, state.step_key(), weights,
+        config.grad_accum_steps, nan_at_step=state.step == nan_step if nan_step >= 0 else None)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics.update(grad_norm=optax.tree.norm(grads), lr=schedule(state.step))
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+    return new_state, metrics
+
+  replicated = sharding_lib.replicated(mesh)
+  return jax.jit(train_step, donate_argnums=0,
+                 in_shardings=(state_shardings, sharding_lib.batch_sharding(mesh)),
+                 out_shardings=(state_shardings, replicated))
+
+
+def make_eval_step(model: nn.Module, model_config: LxmertConfig,
+                   config: ml_collections.ConfigDict, steps_per_epoch: int,
+                   state_shardings: ts.TrainState, mesh: jax.sharding.Mesh):
+  """The jitted `(state, batch) -> metrics` evaluation (no dropout)."""
+
+  def eval_step(state: ts.TrainState, batch: Batch):
+    weights = objective.loss_weights(config.objective, state.step, steps_per_epoch)
+    _, metrics = loss_fn(model, model_config, state.params, batch, state.step_key(),
+                         weights, deterministic=True)
+    return metrics
+
+  return jax.jit(eval_step, in_shardings=(state_shardings, sharding_lib.batch_sharding(mesh)),
+                 out_shardings=sharding_lib.replicated(mesh))
+
+
+def evaluate(eval_step, state: ts.TrainState, batches: Iterator[Mapping[str, np.ndarray]],
+             batch_sharding: jax.NamedSharding) -> dict[str, float]:
+  """Mean losses and accuracies of the model over the evaluation batches."""
+  sums: dict[str, float] = {}
+  num = 0
+  for host_batch in batches:
+    metrics = eval_step(state, sharding_lib.global_batch(host_batch, batch_sharding))
+    objective.add_to(sums, jax.device_get(metrics))
+    num += 1
+  if not num:
+    return {}
+  return {f"eval/{k}": v for k, v in objective.summarize(sums, num).items()}
+
+
+class _LoopLogger:
+  """Accumulates host metrics between logs and checks them for NaN/Inf."""
+
+  def __init__(self, writer: MetricsWriter, log_every: int, global_batch: int,
+               chance: Mapping[str, float]):
+    self.writer, self.log_every, self.global_batch = writer, log_every, global_batch
+    self.chance = chance
+    self.sums: dict[str, float] = {}
+    self.num = 0
+    self.throughput = Throughput()
+    self.last: dict[str, float] = {}
+
+  def add(self, step: int, device_metrics: Any, total_steps: int) -> None:
+    """Takes the metrics of the update that produced `step` (1-based)."""
+    host = jax.device_get(device_metrics)
+    loss = float(host["loss"])
+    if not np.isfinite(loss):
+      raise NonFiniteLossError(f"non-finite training loss ({loss}) at step {step - 1}")
+    objective.add_to(self.sums, host)
+    self.num += 1
+    if step % self.log_every == 0 or step == total_steps:
+      self.flush(step)
+
+  def flush(self, step: int) -> None:
+    if not self.num:
+      return
+    summary = objective.summarize(self.sums, self.num)
+    rate = self.throughput.rate(self.num * self.global_batch)
+    row = {f"train/{k}": v for k, v in summary.items()}
+    row["train/examples_per_sec"] = rate
+    self.writer.write_scalars(step, row)
+    self.writer.progress(step, {"loss": summary["loss"], "ex/s": rate})
+    self.last = summary
+    self.sums, self.num = {}, 0
+
+
+def _format(metrics: Mapping[str, float], chance: Mapping[str, float]) -> str:
+  parts = []
+  for key, value in sorted(metrics.items()):
+    task = key.rsplit("/", 1)[-1]
+    if "/acc/" in f"/{key}" and task in chance:
+      parts.append(f"{key}={value:.3f} (chance {chance[task]:.3g})")
+    elif "loss" in key:
+      parts.append(f"{key}={value:.4f}")
+  return " ".join(parts)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Pre-trains LXMERT as `config` says, checkpointing under `workdir`.
+
+  Restarting with the same `workdir` resumes from the latest complete
+  checkpoint (state, rng and data position). SIGTERM saves at the next step
+  boundary and returns normally.
+
+  Returns:
+    The last logged training metrics and the last evaluation metrics.
+
+  Raises:
+    NonFiniteLossError: the loss became NaN/Inf (nothing is saved after it).
+    DataNotFoundError: `config.data.dir` is missing or unprepared.
+  """
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  data = PretrainData(config, workdir)
+  model_config = model_config_from(config, data.model_fields())
+  model = LxmertForPreTraining(model_config)
+
+  mesh = sharding_lib.make_mesh(config.mesh)
+  rules = sharding_lib.logical_rules(config.sharding_rules)
+  data.check_batch_layout(mesh, config.grad_accum_steps)
+  logging.info("%s; global batch %d (%d per process)", sharding_lib.describe(mesh),
+               config.batch_size, data.per_host_batch)
+
+  steps_per_epoch = data.steps_per_epoch
+  total_steps = (config.num_train_steps if config.num_train_steps > 0
+                 else config.num_epochs * steps_per_epoch)
+  tx, schedule = optim.make_optimizer(config.optimizer, total_steps)
+  abstract, shardings = ts.state_shardings(model, model_config, tx, mesh, rules)
+
+  ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), config.ckpt)
+  train_iter = data.train_iterator()
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    latest = ckpt.latest_step()
+    if latest is not None:
+      state = ckpt.restore(latest, ts.with_shardings(abstract, shardings), train_iter)
+    else:
+      params, _ = init_weights.initial_params(config.init, model, model_config,
+                                              ts.seed_keys(config.seed)[0])
+      state = ts.create_train_state(model, model_config, tx, shardings, config.seed, params)
+    start = int(jax.device_get(state.step))
+    logging.info("model: %s parameters; %d steps (%d per epoch), starting at %d",
+                 f"{ts.count_params(state.params):,}", total_steps, steps_per_epoch, start)
+    model_config.to_json_file(os.path.join(workdir, "model_config.json"),
+                              architectures=["LxmertForPreTraining"])
+
+    train_step = make_train_step(model, model_config, tx, schedule, config, steps_per_epoch,
+                                 shardings, mesh)
+    eval_step = make_eval_step(model, model_config, config, steps_per_epoch, shardings, mesh)
+    writer = MetricsWriter(workdir, total_steps, start, progress_bar=config.progress_bar)
+    chance = objective.chance_accuracy(model_config)
+    logger = _LoopLogger(writer, config.log_every_steps, config.batch_size, chance)
+    preempt = checkpointing.PreemptionFlag()
+    batch_sh = sharding_lib.batch_sharding(mesh)
+    eval_metrics: dict[str, float] = {}
+    first_logged: dict[str, float] = {}
+    t0 = time.time()
+    try:
+      pending = None
+      step = start
+      while step < total_steps:
+        batch = sharding_lib.global_batch(next(train_iter), batch_sh)
+        state, metrics = train_step(state, batch)
+        step += 1
+        if pending is not None:
+          logger.add(*pending, total_steps)
+        pending = (step, metrics)
+        if not first_logged and logger.last:
+          first_logged = dict(logger.last)
+        stop = preempt.is_set() or ckpt.reached_preemption(step)
+        do_eval = config.eval_every_steps > 0 and (
+            step % config.eval_every_steps == 0 or step == total_steps)
+        if stop or do_eval or step == total_steps or ckpt.should_save(step):
+          logger.add(*pending, total_steps)  # Never save an unchecked state.
+          pending = None
+          save_metrics = None
+          if do_eval:
+            eval_metrics = evaluate(eval_step, state, data.eval_batches(), batch_sh)
+            writer.write_scalars(step, eval_metrics)
+            writer.log(f"step {step}: {_format(eval_metrics, chance)}")
+            save_metrics = eval_metrics or None
+          ckpt.save(step, state, train_iter, metrics=save_metrics,
+                    force=stop or step == total_steps)
+        if stop:
+          logger.flush(step)
+          writer.log(f"stopping at step {step} on request; checkpoint saved")
+          break
+      if pending is not None:
+        logger.add(*pending, total_steps)
+    except NonFiniteLossError as e:
+      last_good = ckpt.latest_step()
+      raise NonFiniteLossError(
+          f"{e}; stopping. Last good checkpoint: "
+          f"{'none' if last_good is None else f'step {last_good}'} in {ckpt.directory}") from e
+    finally:
+      ckpt.wait_until_finished()
+      ckpt.close()
+      preempt.restore_handler()
+      plot = writer.close()
+    summary = {**{f"train/{k}": v for k, v in logger.last.items()}, **eval_metrics}
+    writer.log(f"done: step {step}/{total_steps} in {time.time() - t0:.1f}s; "
+               f"first logged {_format(first_logged, chance)}; "
+               f"last {_format(summary, chance)}; plot {plot}")
+    logging.info("summary: %s", _format(summary, chance))
+    return summary
