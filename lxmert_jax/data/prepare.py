@@ -1,0 +1,146 @@
+"""`python -m lxmert_jax.data.prepare`: reference TSV/JSON -> ArrayRecord datasets.
+
+    python -m lxmert_jax.data.prepare pretrain --root data --out /data/lxmert_prepared
+    python -m lxmert_jax.data.prepare vqa --root data --out /data/lxmert_prepared
+    python -m lxmert_jax.data.prepare all --root data --out /data/lxmert_prepared --skip-bad
+
+`--root` is the reference data directory (`data/` of the reference: `lxmert/`,
+`vqa/`, `gqa/`, `nlvr2/`, `mscoco_imgfeat/`, `vg_gqa_imgfeat/`,
+`nlvr2_imgfeat/`; see `layout`). Feature TSVs are streamed row by row and each
+feature set is prepared once and shared by every task that needs it. Each
+dataset is written to an `incomplete.*` directory that is renamed only when
+complete, so re-running after an interruption skips what is done and restarts
+what is not. The command ends with a summary of what was read, written and
+skipped (by reason, with examples) for every dataset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from lxmert_jax.data import errors
+from lxmert_jax.data import layout
+from lxmert_jax.data import prepare_features
+from lxmert_jax.data import prepare_tasks
+from lxmert_jax.data import tokenization
+
+Inputs = prepare_tasks.Inputs
+Options = prepare_tasks.Options
+PrepareReport = prepare_features.PrepareReport
+
+TASKS = ("pretrain", "vqa", "gqa", "nlvr2")
+
+
+def prepare(task: str, data_dir: str, inputs: Inputs, opts: Options | None = None, *,
+            splits: Sequence[str] | None = None,
+            qa_sets: Sequence[str] | None = None) -> list[PrepareReport]:
+  """Prepares one task's dataset (and its feature sets).
+
+  Args:
+    task: "pretrain", "vqa", "gqa" or "nlvr2".
+    data_dir: root of the prepared data.
+    inputs: where the reference files are.
+    opts: preparation options.
+    splits: splits to prepare (default: every known split whose file exists).
+    qa_sets: pre-training only: restrict the answer table to these QA sets.
+
+  Returns:
+    Reports of every dataset written or reused.
+  """
+  if task == "pretrain":
+    return prepare_tasks.prepare_pretrain(data_dir, inputs, opts, splits=splits, qa_sets=qa_sets)
+  fns = {"vqa": prepare_tasks.prepare_vqa, "gqa": prepare_tasks.prepare_gqa,
+         "nlvr2": prepare_tasks.prepare_nlvr2}
+  if task not in fns:
+    raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+  return fns[task](data_dir, inputs, opts, splits=splits)
+
+
+def prepare_all(data_dir: str, inputs: Inputs, opts: Options | None = None,
+                tasks: Sequence[str] = TASKS) -> list[PrepareReport]:
+  """Prepares several tasks in turn, sharing their feature sets."""
+  reports = []
+  for task in tasks:
+    task_inputs = Inputs(root=inputs.root, feature_files=inputs.feature_files,
+                         objects_vocab=inputs.objects_vocab,
+                         attributes_vocab=inputs.attributes_vocab)
+    reports.extend(prepare(task, data_dir, task_inputs, opts))
+  return reports
+
+
+def summarize(reports: Sequence[PrepareReport]) -> str:
+  """One block per dataset, de-duplicating feature sets reused across tasks."""
+  seen, blocks = set(), []
+  for report in reports:
+    if report.reused and report.name in seen:
+      continue
+    seen.add(report.name)
+    blocks.append(report.summary())
+  return "\n".join(blocks)
+
+
+def _parse_feature_files(items: Sequence[str]) -> dict[str, str]:
+  out = {}
+  for item in items:
+    name, sep, path = item.partition("=")
+    if not sep:
+      raise argparse.ArgumentTypeError(f"--features {item!r}: expected SET=PATH")
+    out[name] = path
+  return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m lxmert_jax.data.prepare",
+                                   description=__doc__.split("\n")[0],
+                                   formatter_class=argparse.RawDescriptionHelpFormatter,
+                                   epilog=layout.__doc__)
+  parser.add_argument("task", choices=TASKS + ("all",))
+  parser.add_argument("--out", required=True, help="prepared data directory (data_dir)")
+  parser.add_argument("--root", default=None, help="reference data root")
+  parser.add_argument("--ann-dir", default=None,
+                      help="annotation directory of the task (default ROOT/<task dir>)")
+  parser.add_argument("--features", action="append", default=[], metavar="SET=PATH",
+                      help="TSV of a feature set, e.g. train2014=/x/train2014_obj36.tsv")
+  parser.add_argument("--splits", default=None, help="comma-separated splits (default: all found)")
+  parser.add_argument("--qa-sets", default=None,
+                      help="pretrain: answers used by these QA sets only, e.g. vqa,gqa")
+  parser.add_argument("--tokenizer", default="bert", choices=["bert", "spm"])
+  parser.add_argument("--tokenizer-path", default=None,
+                      help="vocab.txt (bert; default the shipped vocab) or .model (spm)")
+  parser.add_argument("--objects-vocab", default=None)
+  parser.add_argument("--attributes-vocab", default=None)
+  parser.add_argument("--skip-bad", action="store_true",
+                      help="count and skip bad rows/records instead of stopping")
+  parser.add_argument("--overwrite", action="store_true", help="rebuild existing datasets")
+  parser.add_argument("--part-mb", type=int, default=prepare_features.DEFAULT_PART_BYTES >> 20,
+                      help="TSV megabytes per stored part of a feature set")
+  parser.add_argument("--no-progress", action="store_true")
+  args = parser.parse_args(argv)
+  if args.task == "all" and (args.ann_dir or args.splits):
+    parser.error("--ann-dir and --splits apply to a single task")
+  if args.root is None and args.ann_dir is None:
+    parser.error("give --root (or --ann-dir and --features)")
+  inputs = Inputs(root=args.root, ann_dir=args.ann_dir,
+                  feature_files=_parse_feature_files(args.features),
+                  objects_vocab=args.objects_vocab, attributes_vocab=args.attributes_vocab)
+  opts = Options(tokenizer=tokenization.make_tokenizer(args.tokenizer, args.tokenizer_path),
+                 skip_bad=args.skip_bad, overwrite=args.overwrite, progress=not args.no_progress,
+                 features_part_bytes=args.part_mb << 20)
+  try:
+    if args.task == "all":
+      reports = prepare_all(args.out, inputs, opts)
+    else:
+      reports = prepare(args.task, args.out, inputs, opts,
+                        splits=args.splits.split(",") if args.splits else None,
+                        qa_sets=args.qa_sets.split(",") if args.qa_sets else None)
+  except errors.DataError as err:
+    print(f"error: {err}\n(re-run with --skip-bad to skip and count bad items)", file=sys.stderr)
+    return 2
+  print(summarize(reports))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,446 @@
+"""A small synthetic corpus in the reference formats, for demos and tests.
+
+Scenes hold a few objects, each with a class, a colour, a size and a material
+and a box. The "detector" output per image is `num_boxes` boxes (the objects,
+then jittered duplicates of them) whose features are fixed random prototypes
+of the class and of each attribute, plus a projection of the box geometry and
+Gaussian noise, so class and attributes are recoverable from the features.
+Captions ("a small red metal cube left of a blue sphere .") and questions
+("what color is the cube ?" -> "red", "how many spheres are there ?" -> "2")
+use real English words of the BERT vocabulary and are true of their scene, so
+a small model can beat chance on every pre-training task: masked colour words
+are visible in the image, a mismatched caption names objects the image does
+not have, and answers follow from the objects.
+
+The corpus is written exactly as the reference's downloads are laid out
+(`layout` lists the files): obj36-style TSVs with base64 arrays, pre-training
+JSONs with `sentf`/`labelf` per source (captions under `mscoco`/`vg`,
+questions under `vqa`/`gqa`), `all_ans.json`, and VQA/GQA/NLVR2 JSONs, so the
+real `prepare` path runs on it end to end.
+
+    python -m lxmert_jax.data.synthetic_corpus --out /tmp/corpus --num-images 200
+    python -m lxmert_jax.data.synthetic_corpus --demo-data /tmp/lxmert_data
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import json
+import os
+import shutil
+import sys
+from typing import Sequence
+
+import numpy as np
+
+from lxmert_jax.data import layout
+from lxmert_jax.data import tsv_features
+
+OBJECT_CLASSES = ("cube", "sphere", "cylinder", "cone", "ball", "box", "cup", "bowl",
+                  "bottle", "chair", "table", "lamp", "book", "vase", "plate", "hat")
+COLOURS = ("red", "blue", "green", "yellow", "purple", "brown", "gray", "black", "white",
+           "orange", "pink")
+SIZES = ("small", "large")
+MATERIALS = ("metal", "rubber", "wooden", "plastic", "glass")
+ATTRIBUTES = COLOURS + SIZES + MATERIALS
+_NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six")
+
+
+def plural(word: str) -> str:
+  return word + "es" if word.endswith(("x", "s")) else word + "s"
+
+
+@dataclasses.dataclass
+class SceneObject:
+  cls: str
+  colour: str
+  size: str
+  material: str
+  box: np.ndarray  # float32 [4] pixel x1, y1, x2, y2
+
+  def phrase(self, with_size: bool = False, with_material: bool = False) -> str:
+    words = ([self.size] if with_size else []) + [self.colour] + (
+        [self.material] if with_material else []) + [self.cls]
+    return " ".join(words)
+
+
+@dataclasses.dataclass
+class Scene:
+  img_id: str
+  width: int
+  height: int
+  objects: list[SceneObject]
+
+  def count(self, cls: str) -> int:
+    return sum(o.cls == cls for o in self.objects)
+
+  def has(self, cls: str, colour: str | None = None) -> bool:
+    return any(o.cls == cls and (colour is None or o.colour == colour) for o in self.objects)
+
+
+@dataclasses.dataclass(frozen=True)
+class CorpusConfig:
+  """Sizes of the synthetic corpus.
+
+  Attributes:
+    num_images: COCO-like plus VG-like images (half COCO train, a quarter
+      COCO val, a quarter VG); GQA testdev and NLVR2 images come on top.
+    feature_dim: F of the RoI features.
+    num_boxes: boxes per image (the reference has 36).
+    max_objects: most objects in a scene (at least 2).
+    noise: standard deviation of the feature noise.
+    seed: everything is a function of it.
+  """
+
+  num_images: int = 200
+  feature_dim: int = 256
+  num_boxes: int = 36
+  max_objects: int = 5
+  noise: float = 0.3
+  seed: int = 0
+
+
+class _World:
+  """Fixed prototypes that make features informative about the scene."""
+
+  def __init__(self, cfg: CorpusConfig):
+    rng = np.random.default_rng([cfg.seed, 1])
+    f = cfg.feature_dim
+    self.cfg = cfg
+    self.class_protos = rng.normal(0.0, 1.0, (len(OBJECT_CLASSES), f)).astype(np.float32)
+    self.attr_protos = rng.normal(0.0, 0.7, (len(ATTRIBUTES), f)).astype(np.float32)
+    self.box_proj = rng.normal(0.0, 0.5, (5, f)).astype(np.float32)
+
+  def scene(self, rng: np.random.Generator, img_id: str) -> Scene:
+    width, height = int(rng.integers(400, 641)), int(rng.integers(300, 481))
+    n = int(rng.integers(2, max(2, min(self.cfg.max_objects, self.cfg.num_boxes)) + 1))
+    objects = []
+    for _ in range(n):
+      size = SIZES[int(rng.integers(len(SIZES)))]
+      frac = rng.uniform(0.1, 0.2) if size == "small" else rng.uniform(0.25, 0.4)
+      w, h = frac * width, frac * height * rng.uniform(0.8, 1.2)
+      x1, y1 = rng.uniform(0, width - w), rng.uniform(0, height - h)
+      objects.append(SceneObject(
+          cls=OBJECT_CLASSES[int(rng.integers(len(OBJECT_CLASSES)))],
+          colour=COLOURS[int(rng.integers(len(COLOURS)))], size=size,
+          material=MATERIALS[int(rng.integers(len(MATERIALS)))],
+          box=np.array([x1, y1, x1 + w, min(y1 + h, height)], np.float32)))
+    return Scene(img_id=img_id, width=width, height=height, objects=objects)
+
+  def detections(self, rng: np.random.Generator, scene: Scene) -> tsv_features.ImageFeatures:
+    """The scene as a detector row: objects first, then jittered duplicates."""
+    nb = self.cfg.num_boxes
+    owners = list(range(len(scene.objects)))[:nb]
+    owners += rng.integers(len(scene.objects), size=nb - len(owners)).tolist()
+    boxes = np.stack([scene.objects[o].box for o in owners]).astype(np.float32)
+    jitter = rng.normal(0.0, 0.08, boxes.shape) * np.tile(boxes[:, 2:] - boxes[:, :2], 2)
+    jitter[:len(scene.objects)] = 0.0
+    boxes = boxes + jitter.astype(np.float32)
+    boxes[:, (0, 2)] = np.clip(boxes[:, (0, 2)], 0, scene.width)
+    boxes[:, (1, 3)] = np.clip(boxes[:, (1, 3)], 0, scene.height)
+    objs = [scene.objects[o] for o in owners]
+    cls_ids = np.array([OBJECT_CLASSES.index(o.cls) for o in objs], np.int64)
+    colour_ids = np.array([ATTRIBUTES.index(o.colour) for o in objs], np.int64)
+    size_ids = np.array([ATTRIBUTES.index(o.size) for o in objs], np.int64)
+    material_ids = np.array([ATTRIBUTES.index(o.material) for o in objs], np.int64)
+    norm = boxes / np.array([scene.width, scene.height] * 2, np.float32)
+    geometry = np.concatenate(
+        [norm, ((norm[:, 2] - norm[:, 0]) * (norm[:, 3] - norm[:, 1]))[:, None]], axis=1)
+    feats = (self.class_protos[cls_ids] + self.attr_protos[colour_ids]
+             + self.attr_protos[size_ids] + self.attr_protos[material_ids]
+             + geometry @ self.box_proj
+             + rng.normal(0.0, self.cfg.noise, (nb, self.cfg.feature_dim)))
+    return tsv_features.ImageFeatures(
+        img_id=scene.img_id, img_h=scene.height, img_w=scene.width, objects_id=cls_ids,
+        objects_conf=rng.uniform(0.5, 1.0, nb).astype(np.float32), attrs_id=colour_ids,
+        attrs_conf=rng.uniform(0.4, 0.9, nb).astype(np.float32), boxes=boxes,
+        features=feats.astype(np.float32))
+
+
+def _relation(a: SceneObject, b: SceneObject) -> str:
+  (ax, ay), (bx, by) = (a.box[:2] + a.box[2:]) / 2, (b.box[:2] + b.box[2:]) / 2
+  if abs(ax - bx) >= abs(ay - by):
+    return "left of" if ax < bx else "right of"
+  return "above" if ay < by else "below"
+
+
+def captions(rng: np.random.Generator, scene: Scene, n: int, short: bool = False) -> list[str]:
+  """True sentences about the scene (`short`: VG-style region phrases)."""
+  out = []
+  objs = scene.objects
+  for _ in range(n):
+    i, j = rng.choice(len(objs), size=2, replace=False)
+    a, b = objs[i], objs[j]
+    kind = int(rng.integers(4))
+    if short:
+      out.append(f"{a.phrase(with_size=kind % 2 == 0, with_material=kind >= 2)} "
+                 f"{_relation(a, b)} {b.phrase()}")
+    elif kind == 0:
+      out.append(f"a {a.phrase(with_size=True, with_material=True)} {_relation(a, b)} "
+                 f"a {b.phrase()} .")
+    elif kind == 1:
+      out.append(f"there is a {a.phrase()} and a {b.phrase(with_size=True)} .")
+    elif kind == 2:
+      count = scene.count(a.cls)
+      noun = a.cls if count == 1 else plural(a.cls)
+      out.append(f"{_NUMBER_WORDS[min(count, 6)]} {noun} and a {b.phrase()} .")
+    else:
+      out.append(f"the {a.material} {a.cls} is {a.colour} .")
+  return out
+
+
+def questions(rng: np.random.Generator, scene: Scene, n: int) -> list[tuple[str, str]]:
+  """Questions with their (normalised) answer."""
+  out = []
+  objs = scene.objects
+  for _ in range(n):
+    o = objs[int(rng.integers(len(objs)))]
+    unique = scene.count(o.cls) == 1
+    kind = int(rng.integers(6))
+    if kind == 0 and unique:
+      out.append((f"what color is the {o.cls} ?", o.colour))
+    elif kind == 1:
+      out.append((f"how many {plural(o.cls)} are there ?", str(scene.count(o.cls))))
+    elif kind == 2:
+      colour = COLOURS[int(rng.integers(len(COLOURS)))] if rng.random() < 0.5 else o.colour
+      out.append((f"is there a {colour} {o.cls} ?", "yes" if scene.has(o.cls, colour) else "no"))
+    elif kind == 3:
+      out.append((f"what material is the {o.phrase()} ?", o.material))
+    elif kind == 4:
+      out.append((f"what size is the {o.phrase()} ?", o.size))
+    else:
+      out.append((f"what shape is the {o.colour} {o.material} object ?", o.cls))
+  return out
+
+
+def _vqa_label(rng: np.random.Generator, answer: str) -> dict[str, float]:
+  """VQA-style soft scores: the answer, sometimes with a minority answer."""
+  label = {answer: 1.0}
+  if rng.random() < 0.3:
+    other = COLOURS[int(rng.integers(len(COLOURS)))] if answer in COLOURS else "yes"
+    if other != answer:
+      label[other] = 0.3
+  return label
+
+
+def _raw_variant(rng: np.random.Generator, answer: str) -> str:
+  """Spellings `convert_ans` normalises ("two", "grey", "the cube.")."""
+  if answer.isdigit() and int(answer) <= 6 and rng.random() < 0.5:
+    return _NUMBER_WORDS[int(answer)]
+  if answer == "gray" and rng.random() < 0.5:
+    return "grey"
+  if answer in OBJECT_CLASSES and rng.random() < 0.3:
+    return f"the {answer}."
+  return answer
+
+
+def _write_json(path: str, data) -> None:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(data, f)
+  os.replace(tmp, path)
+
+
+def build_synthetic_corpus(out_dir: str, num_images: int = 200, seed: int = 0,
+                           feature_dim: int = 256, num_boxes: int = 36,
+                           max_objects: int = 5, noise: float = 0.3) -> str:
+  """Writes the corpus under `out_dir` in the reference layout.
+
+  Args:
+    out_dir: the reference data root to create.
+    num_images: COCO-like + VG-like images (GQA testdev and NLVR2 add about
+      60% more on top).
+    seed: the corpus is a deterministic function of its arguments.
+    feature_dim: F.
+    num_boxes: boxes per image.
+    max_objects: most objects per scene.
+    noise: feature noise standard deviation.
+
+  Returns:
+    `out_dir`.
+  """
+  if num_images < 8:
+    raise ValueError(f"num_images={num_images}; expected at least 8 (every split needs images)")
+  cfg = CorpusConfig(num_images=num_images, feature_dim=feature_dim, num_boxes=num_boxes,
+                     max_objects=max_objects, noise=noise, seed=seed)
+  world = _World(cfg)
+  rng = np.random.default_rng([seed, 2])
+  n_train, n_val = num_images // 2, num_images // 4
+  n_vg = num_images - n_train - n_val
+  n_minival = max(1, n_val * 2 // 5)
+
+  def make(prefix_fmt: str, count: int, start: int = 0) -> list[Scene]:
+    return [world.scene(rng, prefix_fmt.format(start + i)) for i in range(count)]
+
+  coco_train = make("COCO_train2014_{:012d}", n_train, 9)
+  coco_val = make("COCO_val2014_{:012d}", n_val, 42)
+  vg = make("{}", n_vg, 2_300_000)
+  testdev = make("n{:06d}", max(4, num_images // 10), 100)
+
+  def write_features(rel: str, scenes: list[Scene]) -> None:
+    path = os.path.join(out_dir, rel)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tsv_features.write_tsv(path, (world.detections(rng, s) for s in scenes))
+
+  write_features(layout.FEATURE_FILES["train2014"], coco_train)
+  write_features(layout.FEATURE_FILES["val2014"], coco_val)
+  write_features(layout.FEATURE_FILES["vg_gqa"], vg)
+  write_features(layout.FEATURE_FILES["gqa_testdev"], testdev)
+
+  # Text per image, shared by pre-training and the downstream tasks.
+  qid = iter(range(10_000_000, 100_000_000))
+  vqa_q, gqa_q = {}, {}
+  entries = {}
+  for scene in coco_train + coco_val + vg:
+    is_coco = scene.img_id.startswith("COCO")
+    sentf, labelf = {}, {}
+    if is_coco:
+      sentf["mscoco"] = captions(rng, scene, 5)
+      vqa_q[scene.img_id] = [(next(qid), q, _vqa_label(rng, a))
+                             for q, a in questions(rng, scene, 4)]
+      sentf["vqa"] = [q for _, q, _ in vqa_q[scene.img_id]]
+      labelf["vqa"] = [lab for _, _, lab in vqa_q[scene.img_id]]
+    if not is_coco or rng.random() < 0.5:
+      sentf["vg"] = captions(rng, scene, int(rng.integers(3, 6)), short=True)
+      gqa_q[scene.img_id] = [(next(qid), q, a) for q, a in questions(rng, scene, 3)]
+      sentf["gqa"] = [q for _, q, _ in gqa_q[scene.img_id]]
+      labelf["gqa"] = [{_raw_variant(rng, a): 1.0} for _, _, a in gqa_q[scene.img_id]]
+    entries[scene.img_id] = {"img_id": scene.img_id, "sentf": sentf, "labelf": labelf}
+
+  lx = os.path.join(out_dir, layout.ANNOTATION_DIRS["pretrain"])
+  split_scenes = {"mscoco_train": coco_train, "mscoco_minival": coco_val[:n_minival],
+                  "mscoco_nominival": coco_val[n_minival:], "vgnococo": vg}
+  for split, scenes in split_scenes.items():
+    _write_json(os.path.join(lx, f"{split}.json"), [entries[s.img_id] for s in scenes])
+  counts = collections.Counter()
+  dsets = collections.defaultdict(set)
+  for qs, name in ((vqa_q, "vqa"), (gqa_q, "gqa")):
+    for per_image in qs.values():
+      for _, _, label in per_image:
+        answers = label if isinstance(label, dict) else {label: 1.0}
+        for ans in answers:
+          counts[ans] += 1
+          dsets[ans].add(name)
+  _write_json(os.path.join(lx, "all_ans.json"),
+              [{"ans": a, "dsets": sorted(dsets[a])}
+               for a in sorted(counts, key=lambda a: (-counts[a], a))])
+
+  _write_vqa(out_dir, vqa_q, coco_train, coco_val, n_minival)
+  _write_gqa(out_dir, rng, gqa_q, vg, testdev)
+  _write_nlvr2(out_dir, rng, world, cfg)
+  with open(os.path.join(out_dir, "objects_vocab.txt"), "w", encoding="utf-8") as f:
+    f.write("\n".join(OBJECT_CLASSES) + "\n")
+  with open(os.path.join(out_dir, "attributes_vocab.txt"), "w", encoding="utf-8") as f:
+    f.write("\n".join(ATTRIBUTES) + "\n")
+  _write_json(os.path.join(out_dir, "corpus_config.json"), dataclasses.asdict(cfg))
+  return out_dir
+
+
+def _question_types(sent: str) -> tuple[str, str]:
+  qtype = " ".join(sent.split()[:3])
+  if sent.startswith(("is ", "are ")):
+    return "yes/no", qtype
+  if sent.startswith("how many"):
+    return "number", qtype
+  return "other", qtype
+
+
+def _write_vqa(out_dir: str, vqa_q: dict, coco_train: list[Scene], coco_val: list[Scene],
+               n_minival: int) -> None:
+  root = os.path.join(out_dir, layout.ANNOTATION_DIRS["vqa"])
+
+  def records(scenes):
+    out = []
+    for scene in scenes:
+      for qid, sent, label in vqa_q[scene.img_id]:
+        atype, qtype = _question_types(sent)
+        out.append({"question_id": qid, "img_id": scene.img_id, "sent": sent, "label": label,
+                    "answer_type": atype, "question_type": qtype})
+    return out
+
+  splits = {"train": records(coco_train), "minival": records(coco_val[:n_minival]),
+            "nominival": records(coco_val[n_minival:])}
+  for split, recs in splits.items():
+    _write_json(os.path.join(root, f"{split}.json"), recs)
+  counts = collections.Counter(a for recs in splits.values() for r in recs for a in r["label"])
+  label2ans = sorted(counts, key=lambda a: (-counts[a], a))
+  _write_json(os.path.join(root, "trainval_label2ans.json"), label2ans)
+  _write_json(os.path.join(root, "trainval_ans2label.json"),
+              {a: i for i, a in enumerate(label2ans)})
+
+
+def _write_gqa(out_dir: str, rng: np.random.Generator, gqa_q: dict, vg: list[Scene],
+               testdev: list[Scene]) -> None:
+  # GQA ships no vocabulary here, so `prepare` builds it from train + valid.
+  root = os.path.join(out_dir, layout.ANNOTATION_DIRS["gqa"])
+  n_valid = max(1, len(vg) * 3 // 20)
+
+  def records(pairs):
+    return [{"question_id": str(qid), "img_id": img_id, "sent": sent, "label": {ans: 1.0}}
+            for img_id, per_image in pairs for qid, sent, ans in per_image]
+
+  vg_ids = {s.img_id for s in vg}
+  train_pairs = [(i, q) for i, q in gqa_q.items() if i in vg_ids][n_valid:]
+  valid_pairs = [(i, q) for i, q in gqa_q.items() if i in vg_ids][:n_valid]
+  test_pairs = [(s.img_id, [(f"t{k}{s.img_id}", q, a) for k, (q, a) in
+                            enumerate(questions(rng, s, 3))]) for s in testdev]
+  for split, pairs in (("train", train_pairs), ("valid", valid_pairs), ("testdev", test_pairs)):
+    _write_json(os.path.join(root, f"{split}.json"), records(pairs))
+
+
+def _nlvr2_statement(rng: np.random.Generator, left: Scene, right: Scene,
+                     truthful: bool) -> str:
+  """A statement about an image pair, true of it when `truthful`."""
+  o = left.objects[int(rng.integers(len(left.objects)))]
+  kind = int(rng.integers(3))
+  if kind == 0:
+    colour = o.colour if truthful else next(c for c in rng.permutation(COLOURS)
+                                             if not left.has(o.cls, c))
+    return f"the left image contains a {colour} {o.cls} ."
+  if kind == 1:
+    n = right.count(o.cls)
+    return (f"the right image contains {_NUMBER_WORDS[min(n if truthful else n + 1, 6)]} "
+            f"{plural(o.cls)} .")
+  cls = o.cls if truthful else next(c for c in rng.permutation(OBJECT_CLASSES)
+                                     if not left.has(c) and not right.has(c))
+  return f"one of the images contains a {cls} ."
+
+
+def _nlvr2_truth(sent: str, left: Scene, right: Scene) -> bool:
+  words = sent.split()
+  if sent.startswith("the left image contains a "):
+    return left.has(words[-2], words[-3])
+  if sent.startswith("the right image contains "):
+    noun = words[-2]
+    cls = next(c for c in OBJECT_CLASSES if plural(c) == noun)
+    return _NUMBER_WORDS[min(right.count(cls), 6)] == words[4]
+  return left.has(words[-2]) or right.has(words[-2])
+
+
+def _write_nlvr2(out_dir: str, rng: np.random.Generator, world: _World, cfg: CorpusConfig) -> None:
+  root = os.path.join(out_dir, layout.ANNOTATION_DIRS["nlvr2"])
+  sizes = {"train": max(4, cfg.num_images // 8), "valid": max(2, cfg.num_images // 32),
+           "test": max(2, cfg.num_images // 32)}
+  for split, num_sets in sizes.items():
+    records, scenes = [], []
+    for set_id in range(num_sets):
+      pairs = int(rng.integers(2, 4))
+      sent = None
+      for pair in range(pairs):
+        stem = f"{split}-{set_id}-{pair}"
+        left = world.scene(rng, f"{stem}-img0")
+        right = world.scene(rng, f"{stem}-img1")
+        scenes += [left, right]
+        if sent is None:
+          sent = _nlvr2_statement(rng, left, right, truthful=bool(rng.random() < 0.5))
+        label = int(_nlvr2_truth(sent, left, right))
+        records.append({"identifier": f"{stem}-0", "img0": left.img_id, "img1": right.img_id,
+                        "sent": sent, "label": label,
+                        "uid": f"nlvr2_{split}_{len(records)}"})
+    _write_json(os.path.join(root, f"{split}.json"), records)
+    path = os.path.join(out_dir, layout.FEATURE_FILES[f"nlvr2_{split}"])
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tsv_features.write_tsv(path, (world.detections(rng, s) for s in scenes))
