@@ -444,3 +444,92 @@ def _write_nlvr2(out_dir: str, rng: np.random.Generator, world: _World, cfg: Cor
     path = os.path.join(out_dir, layout.FEATURE_FILES[f"nlvr2_{split}"])
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tsv_features.write_tsv(path, (world.detections(rng, s) for s in scenes))
+
+
+DEMO_MARKER = "demo_data.json"
+
+
+def build_demo_data(data_dir: str, num_images: int = 200, seed: int = 0, feature_dim: int = 256,
+                    num_boxes: int = 36, tasks: Sequence[str] = ("pretrain", "vqa", "gqa", "nlvr2"),
+                    progress: bool = False) -> str:
+  """Synthetic corpus -> prepared datasets in one call; skips if already done.
+
+  The corpus goes to `<data_dir>/corpus` and the prepared datasets to
+  `data_dir` (the layout `make_pretrain_loader` reads). A marker file written
+  last records the parameters, so a second call with the same parameters
+  returns at once, and an interrupted call is completed by the next one.
+
+  Args:
+    data_dir: where to build.
+    num_images: see `build_synthetic_corpus`.
+    seed: corpus seed.
+    feature_dim: F.
+    num_boxes: boxes per image.
+    tasks: datasets to prepare.
+    progress: show progress bars.
+
+  Returns:
+    `data_dir`.
+
+  Raises:
+    ValueError: `data_dir` holds demo data built with other parameters.
+  """
+  from lxmert_jax.data import prepare  # pylint: disable=g-import-not-at-top
+  params = {"num_images": num_images, "seed": seed, "feature_dim": feature_dim,
+            "num_boxes": num_boxes, "tasks": list(tasks)}
+  marker = os.path.join(data_dir, DEMO_MARKER)
+  if os.path.exists(marker):
+    with open(marker, encoding="utf-8") as f:
+      built = json.load(f)
+    if built == params:
+      return data_dir
+    raise ValueError(f"{data_dir} holds demo data built with {built}, not {params}; "
+                     "use another directory or delete this one")
+  corpus = os.path.join(data_dir, "corpus")
+  config_path = os.path.join(corpus, "corpus_config.json")
+  wanted = dataclasses.asdict(CorpusConfig(num_images=num_images, feature_dim=feature_dim,
+                                           num_boxes=num_boxes, seed=seed))
+  complete = False
+  if os.path.exists(config_path):
+    with open(config_path, encoding="utf-8") as f:
+      complete = json.load(f) == wanted
+  if not complete:
+    # The config file is written last, so a partial corpus is rebuilt.
+    shutil.rmtree(corpus, ignore_errors=True)
+    build_synthetic_corpus(corpus, num_images=num_images, seed=seed, feature_dim=feature_dim,
+                           num_boxes=num_boxes)
+  prepare.prepare_all(data_dir, prepare.Inputs(root=corpus), prepare.Options(progress=progress),
+                      tasks=tasks)
+  _write_json(marker, params)
+  return data_dir
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m lxmert_jax.data.synthetic_corpus",
+                                   description=__doc__.split("\n")[0])
+  target = parser.add_mutually_exclusive_group(required=True)
+  target.add_argument("--out", help="write the corpus (reference layout) here")
+  target.add_argument("--demo-data", metavar="DATA_DIR",
+                      help="build the corpus and prepare it into DATA_DIR (idempotent)")
+  parser.add_argument("--num-images", type=int, default=CorpusConfig.num_images)
+  parser.add_argument("--seed", type=int, default=CorpusConfig.seed)
+  parser.add_argument("--feature-dim", type=int, default=CorpusConfig.feature_dim)
+  parser.add_argument("--num-boxes", type=int, default=CorpusConfig.num_boxes)
+  parser.add_argument("--max-objects", type=int, default=CorpusConfig.max_objects)
+  parser.add_argument("--noise", type=float, default=CorpusConfig.noise)
+  args = parser.parse_args(argv)
+  if args.demo_data:
+    build_demo_data(args.demo_data, num_images=args.num_images, seed=args.seed,
+                    feature_dim=args.feature_dim, num_boxes=args.num_boxes, progress=True)
+    print(f"prepared demo data in {args.demo_data}")
+    return 0
+  build_synthetic_corpus(args.out, num_images=args.num_images, seed=args.seed,
+                         feature_dim=args.feature_dim, num_boxes=args.num_boxes,
+                         max_objects=args.max_objects, noise=args.noise)
+  print(f"wrote the corpus to {args.out}; prepare it with\n"
+        f"  python -m lxmert_jax.data.prepare all --root {args.out} --out DATA_DIR")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
