@@ -31,7 +31,7 @@ from lxmert_jax.data.annotations import AnswerTable, convert_ans
 from lxmert_jax.data.downstream_pipeline import make_downstream_loader, num_answers
 from lxmert_jax.data.errors import DataError, SkipLog
 from lxmert_jax.data.metrics import exact_match, gqa_accuracy, nlvr2_metrics, vqa_score
-from lxmert_jax.data.prepare import Inputs, Options, prepare, prepare_all
+from lxmert_jax.data.prepare import Inputs, Options, prepare_all, prepare_task
 from lxmert_jax.data.pretrain_pipeline import make_pretrain_loader
 from lxmert_jax.data.store import dataset_info
 from lxmert_jax.data.synthetic_corpus import build_demo_data, build_synthetic_corpus
@@ -42,6 +42,6 @@ __all__ = [
     "AnswerTable", "DataError", "Inputs", "Options", "SentencePieceTokenizer", "SkipLog",
     "Tokenizer", "WordPieceTokenizer", "build_demo_data", "build_synthetic_corpus",
     "convert_ans", "dataset_info", "exact_match", "gqa_accuracy", "make_downstream_loader",
-    "make_pretrain_loader", "make_tokenizer", "nlvr2_metrics", "num_answers", "prepare",
+    "make_pretrain_loader", "make_tokenizer", "nlvr2_metrics", "num_answers", "prepare_task",
     "prepare_all", "train_sentencepiece", "vqa_score",
 ]

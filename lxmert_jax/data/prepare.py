@@ -33,7 +33,7 @@ PrepareReport = prepare_features.PrepareReport
 TASKS = ("pretrain", "vqa", "gqa", "nlvr2")
 
 
-def prepare(task: str, data_dir: str, inputs: Inputs, opts: Options | None = None, *,
+def prepare_task(task: str, data_dir: str, inputs: Inputs, opts: Options | None = None, *,
             splits: Sequence[str] | None = None,
             qa_sets: Sequence[str] | None = None) -> list[PrepareReport]:
   """Prepares one task's dataset (and its feature sets).
@@ -66,7 +66,7 @@ def prepare_all(data_dir: str, inputs: Inputs, opts: Options | None = None,
     task_inputs = Inputs(root=inputs.root, feature_files=inputs.feature_files,
                          objects_vocab=inputs.objects_vocab,
                          attributes_vocab=inputs.attributes_vocab)
-    reports.extend(prepare(task, data_dir, task_inputs, opts))
+    reports.extend(prepare_task(task, data_dir, task_inputs, opts))
   return reports
 
 
@@ -132,9 +132,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.task == "all":
       reports = prepare_all(args.out, inputs, opts)
     else:
-      reports = prepare(args.task, args.out, inputs, opts,
-                        splits=args.splits.split(",") if args.splits else None,
-                        qa_sets=args.qa_sets.split(",") if args.qa_sets else None)
+      reports = prepare_task(args.task, args.out, inputs, opts,
+                             splits=args.splits.split(",") if args.splits else None,
+                             qa_sets=args.qa_sets.split(",") if args.qa_sets else None)
   except errors.DataError as err:
     print(f"error: {err}\n(re-run with --skip-bad to skip and count bad items)", file=sys.stderr)
     return 2
