@@ -46,6 +46,9 @@ class PaddedSource(grain.sources.RandomAccessDataSource):
   def __len__(self) -> int:
     return self.length
 
+  def __repr__(self) -> str:
+    return f"PaddedSource({self.source!r}, length={self.length})"
+
   def __getitem__(self, index: int) -> dict:
     real = index < len(self.source)
     record = dict(self.source[index if real else 0])
@@ -89,6 +92,12 @@ def make_loader(source: Any, operations: Sequence[Any], *, batch_size: int, seed
       num_records=len(source),
       shard_options=grain.sharding.ShardOptions(shard_index, shard_count, drop_remainder=True),
       shuffle=shuffle, num_epochs=num_epochs, seed=seed)
+  if worker_count > 0:
+    # Grain's worker processes read absl flags; outside an absl app (a
+    # notebook, pytest) nobody parsed them, so use their defaults.
+    from absl import flags  # pylint: disable=g-import-not-at-top
+    if not flags.FLAGS.is_parsed():
+      flags.FLAGS.mark_as_parsed()
   read_options = grain.ReadOptions(num_threads=read_threads) if read_threads else None
   ops = list(operations) + [grain.transforms.Batch(batch_size, drop_remainder=drop_remainder)]
   ops += list(batch_operations)

@@ -37,7 +37,7 @@ def mask_tokens(pieces: np.ndarray, rng: np.random.Generator, *, vocab_size: int
   pieces = np.asarray(pieces, dtype=np.int32)
   u = rng.random(pieces.shape[0])
   selected = u < mask_prob
-  v = u / mask_prob
+  v = u / mask_prob if mask_prob > 0 else np.ones_like(u)
   to_mask = selected & (v < 0.8)
   to_random = selected & (v >= 0.8) & (v < 0.9)
   ids = pieces.copy()
@@ -87,7 +87,7 @@ def select_objects(box_mask: np.ndarray, rng: np.random.Generator,
   """
   u = rng.random(box_mask.shape[0])
   selected = (u < obj_mask_prob) & (box_mask > 0)
-  v = u / obj_mask_prob
+  v = u / obj_mask_prob if obj_mask_prob > 0 else np.ones_like(u)
   zero = selected & (v < 0.8)
   replace = selected & (v >= 0.8) & (v < 0.9)
   return zero, replace, selected

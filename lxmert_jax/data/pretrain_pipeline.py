@@ -73,6 +73,7 @@ class PretrainData:
                sources: Sequence[str] | None = None,
                tokenizer: tokenization.Tokenizer | None = None):
     self.cfg = cfg
+    self.sources = list(sources) if sources is not None else None
     self.records = store.Records(data_dir, "pretrain", splits)
     meta = self.records.metadata
     arrays = [np.load(os.path.join(layout.task_path(data_dir, "pretrain"), f"{s}.index.npz"))
@@ -113,6 +114,10 @@ class PretrainData:
 
   def __len__(self) -> int:
     return int(self.selected.shape[0])
+
+  def __repr__(self) -> str:
+    return (f"PretrainData({self.records!r}, sources={self.sources}, selected={len(self)}, "
+            f"{self.cfg})")
 
   def record(self, position: int) -> dict[str, Any]:
     """The stored record of a selected datum."""
@@ -164,6 +169,10 @@ class _Source(grain.sources.RandomAccessDataSource):
 
   def __len__(self) -> int:
     return len(self.data)
+
+  def __repr__(self) -> str:
+    # Grain compares reprs to check a restored iterator reads the same data.
+    return f"PretrainSource({self.data!r})"
 
   def __getitem__(self, position: int) -> dict[str, Any]:
     record = self.data.record(position)

@@ -72,6 +72,11 @@ class Records:
   def __len__(self) -> int:
     return sum(self.metadata["num_examples"][s] for s in self.splits)
 
+  def __repr__(self) -> str:
+    # Grain compares reprs to check a restored iterator reads the same data.
+    return (f"Records({os.path.abspath(self.data_dir)!r}, {self.task!r}, {self.splits!r}, "
+            f"n={len(self)})")
+
   def __getitem__(self, index: int) -> dict[str, Any]:
     return self.source[int(index)]
 
