@@ -1,0 +1,159 @@
+"""VQA / GQA / NLVR2 batches, evaluation padding, metrics, answer tables."""
+
+import collections
+import os
+
+import numpy as np
+import pytest
+
+from lxmert_jax.data import annotations
+from lxmert_jax.data import make_downstream_loader
+from lxmert_jax.data import metrics
+from lxmert_jax.data import store
+from test_data_support import collect, corpus_dir, tiny_data
+
+T, O = 20, 6
+
+
+def _loader(task, split, train, **kwargs):
+  return make_downstream_loader(task, tiny_data(), split, batch_size=4, seed=0, train=train,
+                                num_objects=O, shard_index=0, shard_count=1, **kwargs)
+
+
+@pytest.mark.parametrize("task", ["vqa", "gqa"])
+def test_question_batch_contract(task):
+  num_answers = store.dataset_info(tiny_data(), task)["num_answers"]
+  batch = next(iter(_loader(task, "train", True)))
+  expected = {"input_ids": (np.int32, (4, T)), "attention_mask": (np.int32, (4, T)),
+              "token_type_ids": (np.int32, (4, T)), "visual_feats": (np.float32, (4, O, 16)),
+              "visual_pos": (np.float32, (4, O, 4)), "visual_attention_mask": (np.int32, (4, O)),
+              "answer_targets": (np.float32, (4, num_answers))}
+  assert {k: (v.dtype, v.shape) for k, v in batch.items()} == expected
+
+
+def test_nlvr2_batch_contract():
+  batch = next(iter(_loader("nlvr2", "train", True)))
+  expected = {"input_ids": (np.int32, (4, T)), "attention_mask": (np.int32, (4, T)),
+              "token_type_ids": (np.int32, (4, T)), "visual_feats": (np.float32, (4, 2, O, 16)),
+              "visual_pos": (np.float32, (4, 2, O, 4)),
+              "visual_attention_mask": (np.int32, (4, 2, O)), "label": (np.int32, (4,))}
+  assert {k: (v.dtype, v.shape) for k, v in batch.items()} == expected
+
+
+@pytest.mark.parametrize("task,split", [("vqa", "minival"), ("gqa", "testdev"),
+                                        ("nlvr2", "valid")])
+def test_evaluation_keeps_every_example_once(task, split):
+  records = store.Records(tiny_data(), task, [split])
+  key = "identifier" if task == "nlvr2" else "question_id"
+  want = collections.Counter(records[i][key].decode() for i in range(len(records)))
+  batches = list(_loader(task, split, False))
+  assert all(b["input_ids"].shape[0] == 4 for b in batches)
+  out = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+  real = out["_mask"] > 0
+  assert out["_mask"].dtype == np.float32 and real.sum() == len(records)
+  assert collections.Counter(out["question_id"][real].tolist()) == want
+  assert out["question_id"].dtype.kind == "U"
+
+
+def test_soft_targets_follow_the_labels():
+  data_dir = tiny_data()
+  label2ans = store.dataset_info(data_dir, "vqa")["label2ans"]
+  raw = annotations.load_json(os.path.join(corpus_dir(data_dir), "vqa", "minival.json"))
+  by_id = {str(q["question_id"]): q["label"] for q in raw}
+  out = collect(_loader("vqa", "minival", False))
+  for qid, targets, real in zip(out["question_id"], out["answer_targets"], out["_mask"]):
+    if real:
+      expected = np.zeros(len(label2ans), np.float32)
+      for ans, score in by_id[qid].items():
+        expected[label2ans.index(ans)] = score
+      np.testing.assert_allclose(targets, expected)
+
+
+def test_gqa_answers_outside_the_vocabulary_are_skipped():
+  data_dir = tiny_data()
+  label2ans = store.dataset_info(data_dir, "gqa")["label2ans"]
+  raw = annotations.load_json(os.path.join(corpus_dir(data_dir), "gqa", "testdev.json"))
+  gold = {q["question_id"]: next(iter(q["label"])) for q in raw}
+  assert any(a not in label2ans for a in gold.values())
+  out = collect(_loader("gqa", "testdev", False))
+  for qid, targets in zip(out["question_id"], out["answer_targets"]):
+    ans = gold[qid]
+    assert targets.sum() == (1.0 if ans in label2ans else 0.0)
+  # Exact match via the targets equals string comparison with the gold answer.
+  pred = out["answer_targets"].argmax(1)
+  strings = [label2ans[p] for p in pred]
+  real = out["_mask"] > 0
+  assert metrics.gqa_accuracy(pred, out["answer_targets"], out["_mask"]) == pytest.approx(
+      metrics.exact_match([s for s, r in zip(strings, real) if r],
+                          [gold[q] for q, r in zip(out["question_id"], real) if r]))
+
+
+def test_nlvr2_pairs_and_labels():
+  data_dir = tiny_data()
+  records = store.Records(data_dir, "nlvr2", ["valid"])
+  images = store.FeatureStore(data_dir, records.metadata["feature_sets"], O)
+  by_id = {records[i]["identifier"].decode(): records[i] for i in range(len(records))}
+  out = collect(_loader("nlvr2", "valid", False))
+  for i, qid in enumerate(out["question_id"]):
+    rec = by_id[qid]
+    assert out["label"][i] == rec["label"]
+    for k in (0, 1):
+      img = images.image(rec[f"feat_set{k}"], rec[f"feat_index{k}"])
+      np.testing.assert_array_equal(out["visual_feats"][i, k], img["features"].astype(np.float32))
+
+
+def test_downstream_sharding_and_resume():
+  shards = [collect(make_downstream_loader("vqa", tiny_data(), "train", batch_size=4, seed=0,
+                                          train=False, num_objects=O, shard_index=k,
+                                          shard_count=2)) for k in range(2)]
+  ids = [set(s["question_id"][s["_mask"] > 0]) for s in shards]
+  assert not ids[0] & ids[1]
+  assert len(ids[0] | ids[1]) == len(store.Records(tiny_data(), "vqa", ["train"]))
+  it = iter(_loader("vqa", "train", True))
+  next(it)
+  state = it.get_state()
+  want = next(it)
+  again = iter(_loader("vqa", "train", True))
+  again.set_state(state)
+  np.testing.assert_array_equal(next(again)["input_ids"], want["input_ids"])
+
+
+def test_vqa_score_and_nlvr2_metrics():
+  targets = np.array([[0.0, 1.0, 0.3], [0.6, 0.0, 0.0], [0.0, 0.0, 1.0]], np.float32)
+  assert metrics.vqa_score(np.array([1, 0, 0]), targets) == pytest.approx((1.0 + 0.6) / 3)
+  assert metrics.vqa_score(np.array([2, 0, 0]), targets, mask=np.array([1, 1, 0])) == (
+      pytest.approx((0.3 + 0.6) / 2))
+  assert metrics.gqa_accuracy(np.array([1, 1, 2]), targets) == pytest.approx(2 / 3)
+  ids = ["dev-1-0-0", "dev-1-1-0", "dev-1-2-0", "dev-2-0-1", "dev-2-1-1", "dev-3-0-0"]
+  out = metrics.nlvr2_metrics(ids, np.array([1, 0, 1, 1, 1, 0]), np.array([1, 1, 1, 1, 1, 1]))
+  assert out["accuracy"] == pytest.approx(4 / 6)
+  assert out["consistency"] == pytest.approx(1 / 3)
+  masked = metrics.nlvr2_metrics(ids, np.array([1, 0, 1, 1, 1, 0]), np.ones(6),
+                                 mask=np.array([1, 0, 1, 1, 1, 0]))
+  assert masked == {"accuracy": 1.0, "consistency": 1.0}
+
+
+def test_convert_ans_and_label_pruning():
+  assert annotations.convert_ans("Two.") == "2"
+  assert annotations.convert_ans("the man") == "man"
+  assert annotations.convert_ans("A Red Cube") == "red cube"
+  assert annotations.convert_ans("an apple") == "apple"
+  assert annotations.convert_ans("Grey") == "gray"
+  assert annotations.convert_ans("") == ""
+  table = annotations.AnswerTable(["2", "red", "man", "gray"])
+  assert table.prune_label({"two": 0.9, "blue": 1.0, "Red.": 0.3}) == {0: 0.9, 1: 0.3}
+  # Two spellings of one answer: the later one's score wins, as in the reference.
+  assert table.prune_label({"2": 0.3, "two": 1.0}) == {0: 1.0}
+  assert table.prune_label({"zebra": 1.0}) == {}
+
+
+def test_answer_vocab_helpers(tmp_path):
+  vocab = annotations.build_answer_vocab([{"b": 1.0, "a": 0.3}, {"b": 1.0}, None, {"c": 1}])
+  assert vocab == ["b", "a", "c"]
+  (tmp_path / "a2l.json").write_text('{"yes": 0, "no": 1}')
+  (tmp_path / "l2a.json").write_text('["yes", "no"]')
+  assert annotations.load_answer_vocab(str(tmp_path / "a2l.json"),
+                                       str(tmp_path / "l2a.json")) == ["yes", "no"]
+  (tmp_path / "l2a.json").write_text('["no", "yes"]')
+  with pytest.raises(Exception, match="disagrees"):
+    annotations.load_answer_vocab(str(tmp_path / "a2l.json"), str(tmp_path / "l2a.json"))
