@@ -1,0 +1,121 @@
+"""Pre-training batch assembly throughput, in examples per second per CPU core.
+
+Builds the synthetic corpus at the reference's sizes (36 boxes x 2048
+features, T = 20), prepares it, and times `make_pretrain_loader` batches end to
+end: reading records and float16 images, matching, QA targets, word and
+object masking, batching and the float32 cast. The single-core figure runs
+with `worker_count=0` pinned to one core; `--workers N` adds a run with N
+grain worker processes.
+
+    python benchmarks/data_throughput.py
+    python benchmarks/data_throughput.py --workers 2 --data-dir /tmp/lxmert_bench
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+
+def _cpu_model() -> str:
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or "unknown"
+
+
+def _versions() -> str:
+  import array_record  # pylint: disable=g-import-not-at-top
+  import grain  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  del array_record
+  from importlib import metadata  # pylint: disable=g-import-not-at-top
+  return (f"python {platform.python_version()}, numpy {np.__version__}, "
+          f"grain {metadata.version('grain')}, tensorflow-datasets {tfds.__version__}, "
+          f"array-record {metadata.version('array-record')}"
+          + ("" if grain else ""))
+
+
+def _time_loader(data_dir: str, args: argparse.Namespace,
+                 worker_count: int) -> tuple[float, float, int]:
+  """Returns (examples per wall second, examples per CPU second, examples)."""
+  from lxmert_jax.data import make_pretrain_loader  # pylint: disable=g-import-not-at-top
+  loader = make_pretrain_loader(
+      data_dir, "mscoco_train+mscoco_nominival+vgnococo", batch_size=args.batch_size,
+      seed=args.seed, max_seq_length=20, num_objects=args.num_boxes, shard_index=0,
+      shard_count=1, worker_count=worker_count, read_threads=args.read_threads)
+  it = iter(loader)
+  for _ in range(args.warmup_batches):  # Start-up: feature bank, worker spawn, first reads.
+    next(it)
+  start, cpu_start = time.perf_counter(), time.process_time()
+  n = 0
+  for _ in range(args.batches):
+    batch = next(it)
+    n += batch["input_ids"].shape[0]
+  wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+  return n / wall, n / cpu, n
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--data-dir", default=None,
+                      help="prepared demo data to reuse/build (default: a temporary dir)")
+  parser.add_argument("--num-images", type=int, default=240)
+  parser.add_argument("--feature-dim", type=int, default=2048)
+  parser.add_argument("--num-boxes", type=int, default=36)
+  parser.add_argument("--batch-size", type=int, default=128)
+  parser.add_argument("--batches", type=int, default=30)
+  parser.add_argument("--warmup-batches", type=int, default=3)
+  parser.add_argument("--read-threads", type=int, default=0,
+                      help="grain record-reading threads (0: read in the loop's own thread)")
+  parser.add_argument("--workers", type=int, default=0, help="also time N worker processes")
+  parser.add_argument("--no-pin", action="store_true", help="do not pin to one core")
+  parser.add_argument("--seed", type=int, default=0)
+  args = parser.parse_args(argv)
+
+  from lxmert_jax.data import build_demo_data  # pylint: disable=g-import-not-at-top
+  tmp = None
+  data_dir = args.data_dir
+  if data_dir is None:
+    tmp = tempfile.TemporaryDirectory(prefix="lxmert_bench_")
+    data_dir = tmp.name
+  start = time.perf_counter()
+  build_demo_data(data_dir, num_images=args.num_images, seed=args.seed,
+                  feature_dim=args.feature_dim, num_boxes=args.num_boxes, tasks=("pretrain",))
+  print(f"data: {data_dir} ({args.num_images} images, {args.num_boxes} boxes x "
+        f"{args.feature_dim} features, T=20), ready in {time.perf_counter() - start:.1f}s")
+  print(f"cpu: {_cpu_model()}, {os.cpu_count()} logical cores; {platform.platform()}")
+  print(f"versions: {_versions()}")
+
+  if not args.no_pin and hasattr(os, "sched_setaffinity"):
+    os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+  rate, per_cpu_second, n = _time_loader(data_dir, args, worker_count=0)
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+  # On a shared machine wall time includes time other processes held the
+  # core; CPU time of this single-threaded run is the per-core figure.
+  print(f"worker_count=0 on {cores} core(s): {per_cpu_second:,.0f} examples per CPU-second "
+        f"(examples/s/core); {rate:,.0f} examples per wall-second; {n} examples, "
+        f"batch {args.batch_size}, load average {os.getloadavg()[0]:.1f}")
+  if args.workers:
+    if hasattr(os, "sched_setaffinity"):
+      os.sched_setaffinity(0, range(os.cpu_count()))
+    rate, _, n = _time_loader(data_dir, args, worker_count=args.workers)
+    print(f"worker_count={args.workers} on {os.cpu_count()} core(s): {rate:,.0f} examples per "
+          f"wall-second ({n} examples)")
+  if tmp is not None:
+    tmp.cleanup()
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
