@@ -33,6 +33,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.build_demo = False
   config.data.demo_images = 0
   config.data.demo_seed = 0
+  config.data.demo_feature_dim = 256  # F of the synthetic RoI features.
   config.data.train_split = "mscoco_train+mscoco_nominival+vgnococo"
   config.data.eval_split = "mscoco_minival"
   config.data.max_seq_length = 20  # [CLS] + 18 word-pieces + [SEP].
@@ -61,7 +62,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.batch_size = 256  # Global, over all processes.
   config.num_epochs = 20
   config.num_train_steps = -1  # > 0 overrides num_epochs.
+  # Save and exit after this many updates in one invocation (-1: run to the
+  # end); for job slots with a time limit. Rerunning resumes.
+  config.steps_per_run = -1
   config.grad_accum_steps = 1  # Micro-batches per update (batch_size / this each).
+  # Decode masked-LM logits only at up to this fraction of the text positions
+  # (the labelled ones; ~15% are). Same loss, a fraction of the largest
+  # matmul; batches with more labels fall back to all positions. 0: off.
+  config.mlm_decode_fraction = 0.25
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.name = "bert_adam"  # Or "adamw" (bias-corrected, decay masked).
   config.optimizer.lr = 1e-4
@@ -128,6 +136,8 @@ def _demo(config: ml_collections.ConfigDict) -> None:
 
 def _tiny(config: ml_collections.ConfigDict) -> None:
   _synthetic(config, images=24)
+  config.data.demo_feature_dim = 32
+  config.mlm_decode_fraction = 0.0  # One model copy in the step: faster compiles.
   config.model = common.model_variant("tiny")
   config.batch_size = 8
   config.num_epochs = 1

@@ -13,7 +13,7 @@ run before its state can be written, leaving the last good checkpoint.
 
 from __future__ import annotations
 
-import functools
+import math
 import os
 import time
 from typing import Any, Callable, Iterator, Mapping, Optional
@@ -26,7 +26,8 @@ import ml_collections
 import numpy as np
 import optax
 
-from lxmert_jax import checkpointing, init_weights, objective, optim
+from lxmert_jax import checkpointing, init_weights, losses, objective, optim
+from lxmert_jax import data as data_lib
 from lxmert_jax import sharding as sharding_lib
 from lxmert_jax import train_state as ts
 from lxmert_jax.configuration import LxmertConfig
@@ -55,8 +56,6 @@ class PretrainData:
   """
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
-    from lxmert_jax import data as data_lib  # pylint: disable=import-outside-toplevel
-    self._lib = data_lib
     self.config = config
     cfg = config.data
     self.dir = cfg.dir or (os.path.join(workdir, "demo_data") if cfg.build_demo else "")
@@ -64,11 +63,16 @@ class PretrainData:
       raise DataNotFoundError(_missing_data_message("(empty)"))
     if cfg.build_demo and not self._prepared():
       logging.info("building the demo corpus (%d images) in %s", cfg.demo_images, self.dir)
-      data_lib.build_demo_data(self.dir, num_images=cfg.demo_images, seed=cfg.demo_seed)
+      data_lib.build_demo_data(
+          self.dir, num_images=cfg.demo_images, seed=cfg.demo_seed,
+          feature_dim=cfg.demo_feature_dim, tasks=("pretrain",))
     if not self._prepared():
       raise DataNotFoundError(_missing_data_message(self.dir))
     self.info = data_lib.dataset_info(self.dir)
-    num_train = self.info.num_examples[cfg.train_split]
+    num_train = self._num_examples(cfg.train_split)
+    if self._num_examples(cfg.eval_split) < config.batch_size:
+      logging.warning("eval split %s has fewer than batch_size=%d examples; evaluation "
+                      "will be skipped", cfg.eval_split, config.batch_size)
     self.per_host_batch = config.batch_size // jax.process_count()
     if config.batch_size % jax.process_count():
       raise ValueError(f"batch_size {config.batch_size} is not divisible by the "
@@ -80,17 +84,25 @@ class PretrainData:
 
   def _prepared(self) -> bool:
     try:
-      self._lib.dataset_info(self.dir)
+      data_lib.dataset_info(self.dir)
     except (FileNotFoundError, OSError, ValueError):
       return False
     return True
 
+  def _num_examples(self, split: str) -> int:
+    """Examples of a split or of a `+`-joined list of splits."""
+    available = self.info["num_examples"]
+    names = split.split("+")
+    missing = [n for n in names if n not in available]
+    if missing:
+      raise DataNotFoundError(f"{self.dir} has no split(s) {missing} (from {split!r}); "
+                              f"prepared splits: {sorted(available)}")
+    return sum(available[n] for n in names)
+
   def model_fields(self) -> dict[str, int]:
     """LxmertConfig sizes dictated by the data."""
-    return dict(vocab_size=self.info.vocab_size, num_qa_labels=self.info.num_qa_labels,
-                num_object_labels=self.info.num_object_labels,
-                num_attr_labels=self.info.num_attr_labels,
-                visual_feat_dim=self.info.visual_feat_dim)
+    return {k: self.info[k] for k in ("vocab_size", "num_qa_labels", "num_object_labels",
+                                      "num_attr_labels", "visual_feat_dim")}
 
   def check_batch_layout(self, mesh: jax.sharding.Mesh, grad_accum_steps: int) -> None:
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
@@ -100,7 +112,7 @@ class PretrainData:
 
   def _loader(self, split: str, *, shuffle: bool, num_epochs: Optional[int], seed: int):
     cfg = self.config.data
-    return self._lib.make_pretrain_loader(
+    return data_lib.make_pretrain_loader(
         self.dir, split, batch_size=self.per_host_batch, seed=seed,
         max_seq_length=cfg.max_seq_length, num_objects=cfg.num_objects, shuffle=shuffle,
         num_epochs=num_epochs, shard_index=jax.process_index(),
@@ -126,7 +138,7 @@ def _missing_data_message(data_dir: str) -> str:
   return (
       f"config.data.dir={data_dir} is not a prepared LXMERT pre-training dataset. "
       "Prepare the real data (the original TSV features and JSON annotations) with "
-      "`python -m lxmert_jax.data.prepare --raw_dir=RAW --out_dir=DIR` and pass "
+      "`python -m lxmert_jax.data.prepare pretrain --root RAW --out DIR` and pass "
       "--config.data.dir=DIR, or run the built-in synthetic corpus with "
       "`python -m lxmert_jax.main --config=configs/pretrain.py:demo --workdir=runs/demo`.")
 
@@ -150,12 +162,31 @@ def model_config_from(config: ml_collections.ConfigDict,
 
 
 def loss_fn(model: nn.Module, model_config: LxmertConfig, params: Any, batch: Batch,
-            key: jax.Array, weights: Mapping[str, jax.Array], *, deterministic: bool
-            ) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """The weighted pre-training loss of a batch and its metrics."""
-  outputs = model.apply({"params": params}, **{k: batch[k] for k in MODEL_INPUTS},
-                        deterministic=deterministic, rngs={"dropout": key})
-  return objective.compute(outputs, batch, model_config, weights)
+            key: jax.Array, weights: Mapping[str, jax.Array], *, deterministic: bool,
+            mlm_fraction: float = 0.0) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """The weighted pre-training loss of a batch and its metrics.
+
+  Args:
+    mlm_fraction: when > 0, the masked-LM decoder (a [B*T, D] x [D, V]
+      matmul, the largest in the model) runs only on up to this fraction of
+      the B*T text positions, gathered from the labelled ones. A batch with
+      more labelled positions falls back to decoding every position, so the
+      loss is the same either way.
+  """
+  inputs = {k: batch[k] for k in MODEL_INPUTS}
+
+  def run(mlm_positions, mlm_batch):
+    outputs = model.apply({"params": params}, **inputs, mlm_positions=mlm_positions,
+                          deterministic=deterministic, rngs={"dropout": key})
+    return objective.compute(outputs, mlm_batch, model_config, weights)
+
+  if mlm_fraction <= 0 or not model_config.task_mask_lm:
+    return run(None, batch)
+  labels = batch["masked_lm_labels"]
+  capacity = max(1, math.ceil(mlm_fraction * labels.size))
+  positions, gathered, overflow = losses.gather_masked_positions(labels, capacity)
+  return jax.lax.cond(overflow, lambda: run(None, batch),
+                      lambda: run(positions, {**batch, "masked_lm_labels": gathered}))
 
 
 def _split_microbatches(batch: Batch, num: int) -> Batch:
@@ -172,8 +203,8 @@ def _split_microbatches(batch: Batch, num: int) -> Batch:
 
 def grads_and_metrics(model: nn.Module, model_config: LxmertConfig, params: Any,
                       batch: Batch, key: jax.Array, weights: Mapping[str, jax.Array],
-                      grad_accum_steps: int, nan_at_step: Optional[jax.Array] = None
-                      ) -> tuple[Any, dict[str, jax.Array]]:
+                      grad_accum_steps: int, nan_at_step: Optional[jax.Array] = None,
+                      mlm_fraction: float = 0.0) -> tuple[Any, dict[str, jax.Array]]:
   """Gradients of the loss (averaged over micro-batches) and summed metrics.
 
   With `grad_accum_steps` = k > 1 the batch is processed as k micro-batches
@@ -183,10 +214,12 @@ def grads_and_metrics(model: nn.Module, model_config: LxmertConfig, params: Any,
   Args:
     nan_at_step: a boolean scalar; when true the loss is replaced by NaN.
       This is the `debug_nan_at_step` test hook for the non-finite guard.
+    mlm_fraction: see `loss_fn`.
   """
   def value_and_grad(p, b, k):
     def f(p_):
-      loss, metrics = loss_fn(model, model_config, p_, b, k, weights, deterministic=False)
+      loss, metrics = loss_fn(model, model_config, p_, b, k, weights, deterministic=False,
+                              mlm_fraction=mlm_fraction)
       if nan_at_step is not None:
         loss = jnp.where(nan_at_step, jnp.nan, loss)
         metrics = dict(metrics, loss=loss)
@@ -228,13 +261,14 @@ def make_train_step(model: nn.Module, model_config: LxmertConfig,
 
   The state is donated: its buffers are reused for the new state.
   """
-  nan_step = config.get("debug_nan_at_step", -1)
+  nan_step = config.debug_nan_at_step
 
   def train_step(state: ts.TrainState, batch: Batch):
     weights = objective.loss_weights(config.objective, state.step, steps_per_epoch)
     grads, metrics = grads_and_metrics(
         model, model_config, state.params, batch, state.step_key(), weights,
-        config.grad_accum_steps, nan_at_step=state.step == nan_step if nan_step >= 0 else None)
+        config.grad_accum_steps, nan_at_step=state.step == nan_step if nan_step >= 0 else None,
+        mlm_fraction=config.mlm_decode_fraction)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics.update(grad_norm=optax.tree.norm(grads), lr=schedule(state.step))
@@ -255,7 +289,7 @@ def make_eval_step(model: nn.Module, model_config: LxmertConfig,
   def eval_step(state: ts.TrainState, batch: Batch):
     weights = objective.loss_weights(config.objective, state.step, steps_per_epoch)
     _, metrics = loss_fn(model, model_config, state.params, batch, state.step_key(),
-                         weights, deterministic=True)
+                         weights, deterministic=True, mlm_fraction=config.mlm_decode_fraction)
     return metrics
 
   return jax.jit(eval_step, in_shardings=(state_shardings, sharding_lib.batch_sharding(mesh)),
@@ -277,26 +311,33 @@ def evaluate(eval_step, state: ts.TrainState, batches: Iterator[Mapping[str, np.
 
 
 class _LoopLogger:
-  """Accumulates host metrics between logs and checks them for NaN/Inf."""
+  """Accumulates host metrics between logs and checks each step for NaN/Inf."""
 
   def __init__(self, writer: MetricsWriter, log_every: int, global_batch: int,
-               chance: Mapping[str, float]):
+               total_steps: int, chance: Mapping[str, float]):
     self.writer, self.log_every, self.global_batch = writer, log_every, global_batch
-    self.chance = chance
+    self.total_steps, self.chance = total_steps, chance
     self.sums: dict[str, float] = {}
     self.num = 0
     self.throughput = Throughput()
+    self.first: dict[str, float] = {}
     self.last: dict[str, float] = {}
 
-  def add(self, step: int, device_metrics: Any, total_steps: int) -> None:
-    """Takes the metrics of the update that produced `step` (1-based)."""
+  def add(self, step: int, device_metrics: Any) -> None:
+    """Takes the metrics of the update that produced state `step`.
+
+    Raises:
+      NonFiniteLossError: the update's loss or gradient norm is NaN/Inf, so
+        the state it produced must not be saved.
+    """
     host = jax.device_get(device_metrics)
-    loss = float(host["loss"])
-    if not np.isfinite(loss):
-      raise NonFiniteLossError(f"non-finite training loss ({loss}) at step {step - 1}")
+    for key in ("loss", "grad_norm"):
+      value = float(host[key])
+      if not np.isfinite(value):
+        raise NonFiniteLossError(f"non-finite training {key} ({value}) at step {step - 1}")
     objective.add_to(self.sums, host)
     self.num += 1
-    if step % self.log_every == 0 or step == total_steps:
+    if step % self.log_every == 0 or step == self.total_steps:
       self.flush(step)
 
   def flush(self, step: int) -> None:
@@ -307,27 +348,44 @@ class _LoopLogger:
     row = {f"train/{k}": v for k, v in summary.items()}
     row["train/examples_per_sec"] = rate
     self.writer.write_scalars(step, row)
-    self.writer.progress(step, {"loss": summary["loss"], "ex/s": rate})
-    self.last = summary
+    self.writer.progress(step, {"loss": summary["loss"], "ex/s": f"{rate:.0f}"})
+    self.writer.log(f"step {step}: {format_metrics(row, self.chance)}")
+    self.first = self.first or row
+    self.last = row
     self.sums, self.num = {}, 0
 
 
-def _format(metrics: Mapping[str, float], chance: Mapping[str, float]) -> str:
+def format_metrics(metrics: Mapping[str, float], chance: Mapping[str, float]) -> str:
+  """Losses and accuracies (with the chance level) as one log line."""
   parts = []
   for key, value in sorted(metrics.items()):
     task = key.rsplit("/", 1)[-1]
-    if "/acc/" in f"/{key}" and task in chance:
+    if "/acc/" in key and task in chance:
       parts.append(f"{key}={value:.3f} (chance {chance[task]:.3g})")
-    elif "loss" in key:
+    elif "loss" in key and "weight" not in key:
       parts.append(f"{key}={value:.4f}")
   return " ".join(parts)
+
+
+def _restore_or_init(config: ml_collections.ConfigDict, ckpt: checkpointing.Checkpointer,
+                     model: nn.Module, model_config: LxmertConfig,
+                     tx: optax.GradientTransformation, abstract: ts.TrainState,
+                     shardings: ts.TrainState, train_iter: Any) -> ts.TrainState:
+  """The latest checkpoint of the work directory, else a new state per `config.init`."""
+  latest = ckpt.latest_step()
+  if latest is not None:
+    return ckpt.restore(latest, ts.with_shardings(abstract, shardings), train_iter)
+  params, _ = init_weights.initial_params(config.init, model, model_config,
+                                          ts.seed_keys(config.seed)[0])
+  return ts.create_train_state(model, model_config, tx, shardings, config.seed, params)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Pre-trains LXMERT as `config` says, checkpointing under `workdir`.
 
   Restarting with the same `workdir` resumes from the latest complete
-  checkpoint (state, rng and data position). SIGTERM saves at the next step
+  checkpoint (state, rng and data position). SIGTERM, or reaching
+  `config.steps_per_run` updates in this invocation, saves at the next step
   boundary and returns normally.
 
   Returns:
@@ -342,7 +400,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   data = PretrainData(config, workdir)
   model_config = model_config_from(config, data.model_fields())
   model = LxmertForPreTraining(model_config)
-
   mesh = sharding_lib.make_mesh(config.mesh)
   rules = sharding_lib.logical_rules(config.sharding_rules)
   data.check_batch_layout(mesh, config.grad_accum_steps)
@@ -354,79 +411,72 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                  else config.num_epochs * steps_per_epoch)
   tx, schedule = optim.make_optimizer(config.optimizer, total_steps)
   abstract, shardings = ts.state_shardings(model, model_config, tx, mesh, rules)
-
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), config.ckpt)
   train_iter = data.train_iterator()
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    latest = ckpt.latest_step()
-    if latest is not None:
-      state = ckpt.restore(latest, ts.with_shardings(abstract, shardings), train_iter)
-    else:
-      params, _ = init_weights.initial_params(config.init, model, model_config,
-                                              ts.seed_keys(config.seed)[0])
-      state = ts.create_train_state(model, model_config, tx, shardings, config.seed, params)
-    start = int(jax.device_get(state.step))
-    logging.info("model: %s parameters; %d steps (%d per epoch), starting at %d",
-                 f"{ts.count_params(state.params):,}", total_steps, steps_per_epoch, start)
+  # Outside the mesh context: see `create_train_state`.
+  state = _restore_or_init(config, ckpt, model, model_config, tx, abstract, shardings,
+                           train_iter)
+  start = int(jax.device_get(state.step))
+  logging.info("model: %s parameters; %d steps (%d per epoch), starting at step %d",
+               f"{ts.count_params(state.params):,}", total_steps, steps_per_epoch, start)
+  if jax.process_index() == 0:
     model_config.to_json_file(os.path.join(workdir, "model_config.json"),
                               architectures=["LxmertForPreTraining"])
 
-    train_step = make_train_step(model, model_config, tx, schedule, config, steps_per_epoch,
-                                 shardings, mesh)
-    eval_step = make_eval_step(model, model_config, config, steps_per_epoch, shardings, mesh)
-    writer = MetricsWriter(workdir, total_steps, start, progress_bar=config.progress_bar)
-    chance = objective.chance_accuracy(model_config)
-    logger = _LoopLogger(writer, config.log_every_steps, config.batch_size, chance)
-    preempt = checkpointing.PreemptionFlag()
-    batch_sh = sharding_lib.batch_sharding(mesh)
-    eval_metrics: dict[str, float] = {}
-    first_logged: dict[str, float] = {}
-    t0 = time.time()
-    try:
+  train_step = make_train_step(model, model_config, tx, schedule, config, steps_per_epoch,
+                               shardings, mesh)
+  eval_step = make_eval_step(model, model_config, config, steps_per_epoch, shardings, mesh)
+  batch_sh = sharding_lib.batch_sharding(mesh)
+  writer = MetricsWriter(workdir, total_steps, start, progress_bar=config.progress_bar)
+  chance = objective.chance_accuracy(model_config)
+  logger = _LoopLogger(writer, config.log_every_steps, config.batch_size, total_steps, chance)
+  preempt = checkpointing.PreemptionFlag()
+  eval_metrics: dict[str, float] = {}
+  t0 = time.time()
+  step = start
+  try:
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
       pending = None
-      step = start
       while step < total_steps:
         batch = sharding_lib.global_batch(next(train_iter), batch_sh)
         state, metrics = train_step(state, batch)
         step += 1
+        # Read the previous step's metrics while this one runs.
         if pending is not None:
-          logger.add(*pending, total_steps)
+          logger.add(*pending)
         pending = (step, metrics)
-        if not first_logged and logger.last:
-          first_logged = dict(logger.last)
-        stop = preempt.is_set() or ckpt.reached_preemption(step)
-        do_eval = config.eval_every_steps > 0 and (
-            step % config.eval_every_steps == 0 or step == total_steps)
-        if stop or do_eval or step == total_steps or ckpt.should_save(step):
-          logger.add(*pending, total_steps)  # Never save an unchecked state.
+        stop = (preempt.is_set() or ckpt.reached_preemption(step)
+                or 0 < config.steps_per_run <= step - start)
+        last = step == total_steps
+        do_eval = last or (config.eval_every_steps > 0 and step % config.eval_every_steps == 0)
+        if stop or do_eval or ckpt.should_save(step):
+          logger.add(*pending)  # Never save a state that has not been checked.
           pending = None
-          save_metrics = None
           if do_eval:
             eval_metrics = evaluate(eval_step, state, data.eval_batches(), batch_sh)
             writer.write_scalars(step, eval_metrics)
-            writer.log(f"step {step}: {_format(eval_metrics, chance)}")
-            save_metrics = eval_metrics or None
-          ckpt.save(step, state, train_iter, metrics=save_metrics,
-                    force=stop or step == total_steps)
+            writer.log(f"step {step}: {format_metrics(eval_metrics, chance)}")
+          # Evaluated states are saved too, as candidates for the best checkpoint.
+          ckpt.save(step, state, train_iter, metrics=eval_metrics if do_eval else None,
+                    force=stop or do_eval)
         if stop:
           logger.flush(step)
-          writer.log(f"stopping at step {step} on request; checkpoint saved")
+          writer.log(f"stopping at step {step} of {total_steps}; checkpoint saved, rerun "
+                     "with the same workdir to resume")
           break
-      if pending is not None:
-        logger.add(*pending, total_steps)
-    except NonFiniteLossError as e:
-      last_good = ckpt.latest_step()
-      raise NonFiniteLossError(
-          f"{e}; stopping. Last good checkpoint: "
-          f"{'none' if last_good is None else f'step {last_good}'} in {ckpt.directory}") from e
-    finally:
-      ckpt.wait_until_finished()
-      ckpt.close()
-      preempt.restore_handler()
-      plot = writer.close()
-    summary = {**{f"train/{k}": v for k, v in logger.last.items()}, **eval_metrics}
-    writer.log(f"done: step {step}/{total_steps} in {time.time() - t0:.1f}s; "
-               f"first logged {_format(first_logged, chance)}; "
-               f"last {_format(summary, chance)}; plot {plot}")
-    logging.info("summary: %s", _format(summary, chance))
-    return summary
+    summary = {**logger.last, **eval_metrics}
+    writer.log(f"done: step {step}/{total_steps} in {time.time() - t0:.1f}s\n"
+               f"  first: {format_metrics(logger.first, chance)}\n"
+               f"  last:  {format_metrics(summary, chance)}")
+  except NonFiniteLossError as e:
+    ckpt.wait_until_finished()
+    last_good = ckpt.latest_step()
+    raise NonFiniteLossError(
+        f"{e}; stopping. Last good checkpoint: "
+        f"{'none' if last_good is None else f'step {last_good}'} in {ckpt.directory}") from e
+  finally:
+    ckpt.close()
+    preempt.restore_handler()
+    plot = writer.close()
+  logging.info("metrics in %s; loss curves in %s", workdir, plot)
+  return summary

@@ -23,6 +23,8 @@ TINY = LxmertConfig(vocab_size=64, hidden_size=32, num_attention_heads=4, interm
                     l_layers=2, x_layers=1, r_layers=1, visual_feat_dim=16, num_qa_labels=8,
                     num_object_labels=12, num_attr_labels=8, max_position_embeddings=16,
                     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+# The step tests' cost is compile time, which grows with depth.
+STEP_CFG = TINY.replace(l_layers=1)
 
 
 def _batch(b=8, t=8, o=4, seed=0):
@@ -57,16 +59,16 @@ def _params(model, cfg=TINY, seed=0):
 
 
 def test_gradient_accumulation_averages_microbatch_gradients():
-  model = LxmertForPreTraining(TINY)
-  params = _params(model)
+  model = LxmertForPreTraining(STEP_CFG)
+  params = _params(model, STEP_CFG)
   batch = jax.tree.map(jnp.asarray, _batch())
   weights = {k: jnp.float32(1.0) for k in objective.TASKS}
   key = jax.random.key(0)
   with jax.default_matmul_precision("float32"):
     grads, metrics = jax.jit(
-        lambda p, b: train.grads_and_metrics(model, TINY, p, b, key, weights, 2))(params, batch)
+        lambda p, b: train.grads_and_metrics(model, STEP_CFG, p, b, key, weights, 2))(params, batch)
     # Micro-batch i holds rows i, i+2, i+4, ... (rows stay on their device).
-    single = jax.jit(lambda p, b: train.grads_and_metrics(model, TINY, p, b, key, weights, 1))
+    single = jax.jit(lambda p, b: train.grads_and_metrics(model, STEP_CFG, p, b, key, weights, 1))
     parts = [single(params, jax.tree.map(lambda x, i=i: x[i::2], batch)) for i in range(2)]
   expected = jax.tree.map(lambda a, b: (a + b) / 2, parts[0][0], parts[1][0])
   diff = max(float(jnp.max(jnp.abs(a - b)))
@@ -75,6 +77,32 @@ def test_gradient_accumulation_averages_microbatch_gradients():
   assert float(metrics["loss"]) == pytest.approx(
       (float(parts[0][1]["loss"]) + float(parts[1][1]["loss"])) / 2, rel=1e-6)
   assert float(metrics["mlm_count"]) == float(parts[0][1]["mlm_count"] + parts[1][1]["mlm_count"])
+
+
+def test_decoding_gathered_mlm_positions_keeps_loss_and_gradients():
+  model = LxmertForPreTraining(STEP_CFG)
+  params = _params(model, STEP_CFG)
+  batch = jax.tree.map(jnp.asarray, _batch())
+  weights = {k: jnp.float32(1.0) for k in objective.TASKS}
+  key = jax.random.key(0)
+
+  def all_three(p):
+    out = []
+    # Off; room for every label (gathered); too little room (falls back).
+    for fraction in (0.0, 0.6, 0.05):
+      out.append(train.grads_and_metrics(model, STEP_CFG, p, batch, key, weights, 1,
+                                         mlm_fraction=fraction))
+    return out
+
+  with jax.default_matmul_precision("float32"):
+    (g0, m0), (g1, m1), (g2, m2) = jax.jit(all_three)(params)
+  for grads, metrics in ((g1, m1), (g2, m2)):
+    assert float(metrics["loss"]) == pytest.approx(float(m0["loss"]), rel=1e-6)
+    assert float(metrics["mlm_correct"]) == float(m0["mlm_correct"])
+    assert float(metrics["mlm_count"]) == float(m0["mlm_count"])
+    diff = max(float(jnp.max(jnp.abs(a - b)))
+               for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(g0)))
+    assert diff < 1e-6
 
 
 # --- Initialisation options ---------------------------------------------------
@@ -169,3 +197,80 @@ def test_lxmert_init_loads_matching_params_and_reports_the_rest(tmp_path):
       source_params["lxmert"]["encoder"]["x_layers_0"]["lang_output"]["dense"]["kernel"])
   assert report.initialised == ["answer_head/logit_fc_3/bias", "answer_head/logit_fc_3/kernel"]
   assert any("(64, 5)" in note for note in report.notes)
+
+
+# --- Whole runs -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def demo_data(tmp_path_factory):
+  from lxmert_jax import data as data_lib  # pylint: disable=import-outside-toplevel
+  return data_lib.build_demo_data(str(tmp_path_factory.mktemp("data")), num_images=24,
+                                  feature_dim=32, tasks=("pretrain",))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _compilation_cache(tmp_path_factory):
+  """Runs of the same config compile the same programs; compile them once."""
+  names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+           "jax_persistent_cache_min_entry_size_bytes")
+  previous = {n: getattr(jax.config, n) for n in names}
+  for name, value in zip(names, (str(tmp_path_factory.mktemp("jax_cache")), 0, -1)):
+    jax.config.update(name, value)
+  yield
+  for name, value in previous.items():
+    jax.config.update(name, value)
+
+
+def _tiny_config(data_dir, **overrides):
+  from configs import pretrain  # pylint: disable=import-outside-toplevel
+  config = pretrain.get_config("tiny")
+  config.data.dir = data_dir
+  # FSDP and tensor parallelism on the 8 test devices, so resuming is checked
+  # with sharded parameters and optimiser state.
+  config.mesh.update(dict(data=2, fsdp=2, tensor=2))
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for parent in parents:
+      node = node[parent]
+    node[leaf] = value
+  return config
+
+
+def _saved_state(workdir, step):
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  path = f"{workdir}/checkpoints/{step}/state"
+  return ocp.PyTreeCheckpointer().restore(path)
+
+
+def test_resume_is_bit_identical_to_an_uninterrupted_run(demo_data, tmp_path):
+  straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+  train.train_and_evaluate(_tiny_config(demo_data), straight)
+  first = train.train_and_evaluate(_tiny_config(demo_data, steps_per_run=3), resumed)
+  assert "eval/loss" in first
+  assert _saved_state(resumed, 3) is not None
+  train.train_and_evaluate(_tiny_config(demo_data), resumed)
+  a, b = _saved_state(straight, 6), _saved_state(resumed, 6)
+  assert int(a["step"]) == int(b["step"]) == 6
+  flat_a = jax.tree_util.tree_flatten_with_path(a)[0]
+  flat_b = jax.tree_util.tree_flatten_with_path(b)[0]
+  assert [p for p, _ in flat_a] == [p for p, _ in flat_b]
+  for (path, x), (_, y) in zip(flat_a, flat_b):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=str(path))
+  # Parameters did move, so the equality is not vacuous.
+  start = _saved_state(resumed, 3)
+  assert not np.array_equal(start["params"]["cls"]["predictions"]["bias"],
+                            a["params"]["cls"]["predictions"]["bias"])
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(demo_data, tmp_path):
+  workdir = str(tmp_path / "nan")
+  with pytest.raises(train.NonFiniteLossError) as err:
+    train.train_and_evaluate(_tiny_config(demo_data, debug_nan_at_step=4), workdir)
+  message = str(err.value)
+  assert "at step 4" in message and "Last good checkpoint: step 3" in message
+  import os  # pylint: disable=import-outside-toplevel
+  assert sorted(os.listdir(f"{workdir}/checkpoints")) == ["3"]
+  state = _saved_state(workdir, 3)
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state["params"]))
