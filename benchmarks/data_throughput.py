@@ -47,8 +47,8 @@ def _versions() -> str:
 
 
 def _time_loader(data_dir: str, args: argparse.Namespace,
-                 worker_count: int) -> tuple[float, float, int]:
-  """Returns (examples per wall second, examples per CPU second, examples)."""
+                 worker_count: int) -> tuple[list[float], list[float], int]:
+  """Per trial: examples per wall second and per CPU second; examples per trial."""
   from lxmert_jax.data import make_pretrain_loader  # pylint: disable=g-import-not-at-top
   loader = make_pretrain_loader(
       data_dir, "mscoco_train+mscoco_nominival+vgnococo", batch_size=args.batch_size,
@@ -57,13 +57,15 @@ def _time_loader(data_dir: str, args: argparse.Namespace,
   it = iter(loader)
   for _ in range(args.warmup_batches):  # Start-up: feature bank, worker spawn, first reads.
     next(it)
-  start, cpu_start = time.perf_counter(), time.process_time()
-  n = 0
-  for _ in range(args.batches):
-    batch = next(it)
-    n += batch["input_ids"].shape[0]
-  wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
-  return n / wall, n / cpu, n
+  walls, cpus = [], []
+  n = args.batches * args.batch_size
+  for _ in range(args.trials):
+    start, cpu_start = time.perf_counter(), time.process_time()
+    for _ in range(args.batches):
+      next(it)
+    walls.append(n / (time.perf_counter() - start))
+    cpus.append(n / (time.process_time() - cpu_start))
+  return walls, cpus, n
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--feature-dim", type=int, default=2048)
   parser.add_argument("--num-boxes", type=int, default=36)
   parser.add_argument("--batch-size", type=int, default=128)
-  parser.add_argument("--batches", type=int, default=30)
+  parser.add_argument("--batches", type=int, default=10, help="batches per timed trial")
+  parser.add_argument("--trials", type=int, default=5)
   parser.add_argument("--warmup-batches", type=int, default=3)
   parser.add_argument("--read-threads", type=int, default=0,
                       help="grain record-reading threads (0: read in the loop's own thread)")
@@ -99,19 +102,21 @@ def main(argv: list[str] | None = None) -> int:
 
   if not args.no_pin and hasattr(os, "sched_setaffinity"):
     os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
-  rate, per_cpu_second, n = _time_loader(data_dir, args, worker_count=0)
+  walls, cpus, n = _time_loader(data_dir, args, worker_count=0)
   cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
   # On a shared machine wall time includes time other processes held the
   # core; CPU time of this single-threaded run is the per-core figure.
-  print(f"worker_count=0 on {cores} core(s): {per_cpu_second:,.0f} examples per CPU-second "
-        f"(examples/s/core); {rate:,.0f} examples per wall-second; {n} examples, "
-        f"batch {args.batch_size}, load average {os.getloadavg()[0]:.1f}")
+  print(f"worker_count=0 on {cores} core(s), {args.trials} trials of {n} examples "
+        f"(batch {args.batch_size}), load average {os.getloadavg()[0]:.1f}:")
+  print(f"  examples per CPU-second (= examples/s/core): median {np.median(cpus):,.0f}, "
+        f"best {max(cpus):,.0f}")
+  print(f"  examples per wall-second: median {np.median(walls):,.0f}, best {max(walls):,.0f}")
   if args.workers:
     if hasattr(os, "sched_setaffinity"):
       os.sched_setaffinity(0, range(os.cpu_count()))
-    rate, _, n = _time_loader(data_dir, args, worker_count=args.workers)
-    print(f"worker_count={args.workers} on {os.cpu_count()} core(s): {rate:,.0f} examples per "
-          f"wall-second ({n} examples)")
+    walls, _, n = _time_loader(data_dir, args, worker_count=args.workers)
+    print(f"worker_count={args.workers} on {os.cpu_count()} core(s): median "
+          f"{np.median(walls):,.0f}, best {max(walls):,.0f} examples per wall-second")
   if tmp is not None:
     tmp.cleanup()
   return 0

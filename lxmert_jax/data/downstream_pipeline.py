@@ -101,14 +101,6 @@ class BuildTaskExample(grain.transforms.Map):
     return example
 
 
-class VisualToFloat32(grain.transforms.Map):
-  """Casts the batch's float16 features to float32 once per batch."""
-
-  def map(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    batch["visual_feats"] = loader_common.to_float32(batch["visual_feats"])
-    return batch
-
-
 def num_answers(data_dir: str, task: str) -> int:
   """Size of a VQA/GQA answer vocabulary (the answer head's width)."""
   return len(store.task_metadata(data_dir, task)["label2ans"])
@@ -141,7 +133,7 @@ def make_downstream_loader(task: str, data_dir: str, split: str | Sequence[str],
     num_epochs: override the mode's default (train: forever; eval: 1).
     shard_index, shard_count: this host's shard (default from JAX).
     worker_count: grain worker processes.
-    read_threads: threads reading records.
+    read_threads: grain read-ahead threads (default none; scale with workers).
     worker_buffer_size: batches buffered per worker.
 
   Returns:
@@ -155,4 +147,5 @@ def make_downstream_loader(task: str, data_dir: str, split: str | Sequence[str],
       num_epochs=(None if train else 1) if num_epochs is None else num_epochs,
       shard_index=shard_index, shard_count=shard_count, drop_remainder=train,
       worker_count=worker_count, read_threads=read_threads,
-      worker_buffer_size=worker_buffer_size, batch_operations=[VisualToFloat32()])
+      worker_buffer_size=worker_buffer_size,
+      batch_fn=loader_common.StackWithFloat32(["visual_feats"]))

@@ -116,6 +116,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--overwrite", action="store_true", help="rebuild existing datasets")
   parser.add_argument("--part-mb", type=int, default=prepare_features.DEFAULT_PART_BYTES >> 20,
                       help="TSV megabytes per stored part of a feature set")
+  parser.add_argument("--compress-features", action="store_true",
+                      help="zstd-compress feature records (smaller on disk, slower to read)")
   parser.add_argument("--no-progress", action="store_true")
   args = parser.parse_args(argv)
   if args.task == "all" and (args.ann_dir or args.splits):
@@ -127,7 +129,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                   objects_vocab=args.objects_vocab, attributes_vocab=args.attributes_vocab)
   opts = Options(tokenizer=tokenization.make_tokenizer(args.tokenizer, args.tokenizer_path),
                  skip_bad=args.skip_bad, overwrite=args.overwrite, progress=not args.no_progress,
-                 features_part_bytes=args.part_mb << 20)
+                 features_part_bytes=args.part_mb << 20,
+                 compress_features=args.compress_features)
   try:
     if args.task == "all":
       reports = prepare_all(args.out, inputs, opts)

@@ -133,7 +133,8 @@ class _FeatureRows:
 
 def prepare_features(data_dir: str, set_name: str, tsv_path: str, *, skip_bad: bool = False,
                      overwrite: bool = False, part_bytes: int = DEFAULT_PART_BYTES,
-                     feature_dim: int | None = None, progress: bool = True) -> PrepareReport:
+                     feature_dim: int | None = None, compress: bool = False,
+                     progress: bool = True) -> PrepareReport:
   """Writes `lxmert_features/<set_name>` from a reference TSV (idempotent).
 
   Args:
@@ -144,6 +145,7 @@ def prepare_features(data_dir: str, set_name: str, tsv_path: str, *, skip_bad: b
     overwrite: rebuild even if a complete dataset exists.
     part_bytes: TSV bytes per stored part.
     feature_dim: expected F (default: from the first decodable row).
+    compress: zstd-compress the records (smaller, slower to read).
     progress: show a progress bar.
 
   Returns:
@@ -195,7 +197,7 @@ def prepare_features(data_dir: str, set_name: str, tsv_path: str, *, skip_bad: b
       last_name, lambda: finish_metadata(last_factory()))
   try:
     tfds_builders.write_dataset(data_dir, tfds_builders.FEATURES_NAME, plan, config=set_name,
-                                overwrite=overwrite, feature_dim=dim)
+                                overwrite=overwrite, feature_dim=dim, compress=compress)
   finally:
     rows.close()
   report.read[tfds_builders.IMAGES_SPLIT] = rows.rows_read

@@ -62,6 +62,7 @@ class Options:
     overwrite: rebuild datasets that already exist.
     progress: show progress bars.
     features_part_bytes: TSV bytes per stored part of a feature set.
+    compress_features: zstd-compress feature records (smaller, slower to read).
     record_part_bytes: estimated bytes per stored part of a task split.
   """
 
@@ -70,6 +71,7 @@ class Options:
   overwrite: bool = False
   progress: bool = True
   features_part_bytes: int = prepare_features.DEFAULT_PART_BYTES
+  compress_features: bool = False
   record_part_bytes: int = DEFAULT_RECORD_PART_BYTES
 
 
@@ -113,7 +115,8 @@ def _prepare_feature_sets(data_dir: str, set_names: Sequence[str], inputs: Input
     tsv = layout.feature_file(inputs.root, set_name, inputs.feature_files)
     reports.append(prepare_features.prepare_features(
         data_dir, set_name, tsv, skip_bad=opts.skip_bad, overwrite=opts.overwrite,
-        part_bytes=opts.features_part_bytes, progress=opts.progress))
+        part_bytes=opts.features_part_bytes, compress=opts.compress_features,
+        progress=opts.progress))
     metas[set_name] = tfds_builders.read_metadata(layout.features_path(data_dir, set_name))
   dims = {m["feature_dim"] for m in metas.values()}
   if len(dims) > 1:

@@ -162,7 +162,11 @@ class PretrainData:
 
 
 class _Source(grain.sources.RandomAccessDataSource):
-  """Grain source over the selected records, tagged with their position."""
+  """Grain source over the selected data: yields positions, not records.
+
+  The record is read by `BuildExample`, which reads other records anyway;
+  handing grain a plain int keeps its per-element bookkeeping cheap.
+  """
 
   def __init__(self, data: PretrainData):
     self.data = data
@@ -174,10 +178,8 @@ class _Source(grain.sources.RandomAccessDataSource):
     # Grain compares reprs to check a restored iterator reads the same data.
     return f"PretrainSource({self.data!r})"
 
-  def __getitem__(self, position: int) -> dict[str, Any]:
-    record = self.data.record(position)
-    record["_position"] = int(position)
-    return record
+  def __getitem__(self, position: int) -> int:
+    return int(position)
 
 
 class BuildExample(grain.transforms.RandomMap):
@@ -186,9 +188,12 @@ class BuildExample(grain.transforms.RandomMap):
   def __init__(self, data: PretrainData):
     self.data = data
 
-  def random_map(self, record: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+  def random_map(self, element: int | dict[str, Any],
+                 rng: np.random.Generator) -> dict[str, Any]:
     data, cfg = self.data, self.data.cfg
-    pos = record["_position"]
+    # A position, or a dict {"position", "_mask"} from an evaluation's padding.
+    pos = element if isinstance(element, int) else element["position"]
+    record = data.record(pos)
     # 1. Sentence-image matching.
     matched = 1
     text_record = record
@@ -226,23 +231,34 @@ class BuildExample(grain.transforms.RandomMap):
         "feat_mask": selected.astype(np.float32),
         "matched_label": np.int32(matched), "ans": np.int32(ans),
     }
-    if loader_common.MASK_KEY in record:
-      example[loader_common.MASK_KEY] = record[loader_common.MASK_KEY]
+    if isinstance(element, dict):
+      example[loader_common.MASK_KEY] = element[loader_common.MASK_KEY]
     return example
 
 
-class FeaturesToFloat32(grain.transforms.Map):
-  """Casts the batch's float16 features to float32 once per batch."""
+class CollatePretrain:
+  """Stacks examples; features go to float32 once, masked rows patched in.
 
-  def map(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    targets = loader_common.to_float32(batch["feat_targets"])
-    masked16 = batch["visual_feats"]
-    visual = targets.copy()
-    # Only selected boxes differ from the targets; convert just those rows.
-    sel = batch["feat_mask"] > 0
-    visual[sel] = loader_common.to_float32(masked16[sel])
-    batch["feat_targets"] = targets
+  `visual_feats` differs from `feat_targets` only on the boxes selected for
+  masking, so each example's targets are converted once and copied, and only
+  the selected rows are converted from the masked float16 features.
+  """
+
+  def __call__(self, examples: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
+    big = ("visual_feats", "feat_targets")
+    first = examples[0]
+    batch = {k: np.stack([e[k] for e in examples]) for k in first if k not in big}
+    shape = (len(examples),) + first["feat_targets"].shape
+    targets = np.empty(shape, np.float32)
+    visual = np.empty(shape, np.float32)
+    for i, example in enumerate(examples):
+      loader_common.to_float32(example["feat_targets"], targets[i])
+      np.copyto(visual[i], targets[i])
+      rows = np.flatnonzero(example["feat_mask"])
+      if rows.size:
+        visual[i, rows] = loader_common.to_float32(example["visual_feats"][rows])
     batch["visual_feats"] = visual
+    batch["feat_targets"] = targets
     return batch
 
 
@@ -278,7 +294,7 @@ def make_pretrain_loader(data_dir: str, split: str | Sequence[str], *, batch_siz
     sources: keep only these text sources (e.g. ["mscoco", "vg"] for captions).
     task_matched: build mismatched pairs (else every pair is matched).
     feature_bank_size: see the module docstring; 0 reads random images.
-    read_threads: threads reading records (default grain's).
+    read_threads: grain read-ahead threads (default none; scale with workers).
     worker_buffer_size: batches buffered per worker.
 
   Returns:
@@ -294,4 +310,4 @@ def make_pretrain_loader(data_dir: str, split: str | Sequence[str], *, batch_siz
       _Source(data), [BuildExample(data)], batch_size=batch_size, seed=seed, shuffle=shuffle,
       num_epochs=num_epochs, shard_index=shard_index, shard_count=shard_count,
       drop_remainder=drop_remainder, worker_count=worker_count, read_threads=read_threads,
-      worker_buffer_size=worker_buffer_size, batch_operations=[FeaturesToFloat32()])
+      worker_buffer_size=worker_buffer_size, batch_fn=CollatePretrain())
