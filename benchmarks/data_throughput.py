@@ -35,15 +35,10 @@ def _cpu_model() -> str:
 
 
 def _versions() -> str:
-  import array_record  # pylint: disable=g-import-not-at-top
-  import grain  # pylint: disable=g-import-not-at-top
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  del array_record
   from importlib import metadata  # pylint: disable=g-import-not-at-top
-  return (f"python {platform.python_version()}, numpy {np.__version__}, "
-          f"grain {metadata.version('grain')}, tensorflow-datasets {tfds.__version__}, "
-          f"array-record {metadata.version('array-record')}"
-          + ("" if grain else ""))
+  names = ("grain", "tensorflow-datasets", "array-record", "tokenizers")
+  return ", ".join([f"python {platform.python_version()}", f"numpy {np.__version__}"]
+                   + [f"{name} {metadata.version(name)}" for name in names])
 
 
 def _time_loader(data_dir: str, args: argparse.Namespace,

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from lxmert_jax.data import layout
+from lxmert_jax.data import loader_common
 from lxmert_jax.data import make_pretrain_loader
 from lxmert_jax.data import masking
 from lxmert_jax.data import store
@@ -219,3 +220,12 @@ def test_worker_processes_give_the_same_batches():
   b = collect(_loader(worker_count=1), max_batches=2)
   for key in a:
     np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_float16_to_float32_is_exact_for_every_finite_value():
+  every = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16)
+  finite = every[np.isfinite(every)]
+  for values in (finite, np.abs(finite), finite.reshape(-1, 32)[:, ::3]):
+    got = loader_common.to_float32(values)
+    np.testing.assert_array_equal(got.view(np.uint32),
+                                  values.astype(np.float32).view(np.uint32))

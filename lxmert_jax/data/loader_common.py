@@ -111,22 +111,33 @@ def make_loader(source: Any, operations: Sequence[Any], *, batch_size: int, seed
                           read_options=read_options)
 
 
-# float16 -> float32 through a 64K-entry table: numpy's own cast is a scalar
-# loop on many CPUs and dominates batch assembly at 36 x 2048 features.
-_F16_TO_F32 = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(
-    np.float32)
-
-
 def to_float32(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-  """Exact float16 -> float32 conversion (a table lookup per element).
+  """float16 -> float32 for finite values, several times faster than `astype`.
 
-  Convert one example at a time: the table and the example then stay in
-  cache, which makes this several times faster than a whole-batch cast.
+  numpy casts float16 with a scalar loop on many CPUs, which would dominate
+  batch assembly at 36 x 2048 features. Instead the float16 bits are moved
+  into float32 position and rescaled by 2**112 with vectorised integer and
+  float ufuncs (exact for every finite float16, subnormals included); the
+  sign is restored only if some value has its sign bit set, which RoI
+  features (non-negative after the detector's ReLU) never do. Preparation
+  refuses non-finite features, so infinities and NaNs never reach here.
+
+  Args:
+    x: float16 array.
+    out: optional contiguous float32 array of the same shape.
+
+  Returns:
+    `out` (or a new array) holding `x` as float32.
   """
+  bits = np.ascontiguousarray(x, dtype=np.float16).view(np.uint16)
   if out is None:
     out = np.empty(x.shape, np.float32)
-  np.take(_F16_TO_F32, np.ascontiguousarray(x, dtype=np.float16).view(np.uint16), out=out,
-          mode="clip")
+  word = out.view(np.uint32)
+  np.left_shift(bits, 13, out=word, dtype=np.uint32)
+  np.bitwise_and(word, 0x0FFFE000, out=word)
+  np.multiply(out, np.float32(2.0**112), out=out)
+  if bits.size and bits.max() >= 0x8000:
+    np.bitwise_or(word, np.left_shift(bits >> 15, 31, dtype=np.uint32), out=word)
   return out
 
 

@@ -49,6 +49,11 @@ from lxmert_jax.data import tokenization
 IGNORE = masking.IGNORE
 
 
+# What building an example reads from a pre-training record.
+_RECORD_FIELDS = ("sent", "feat_set", "feat_index", "token_ids", "has_label", "ans_ids",
+                  "ans_scores")
+
+
 @dataclasses.dataclass(frozen=True)
 class PretrainConfig:
   """Construction parameters (defaults are the reference's)."""
@@ -74,7 +79,7 @@ class PretrainData:
                tokenizer: tokenization.Tokenizer | None = None):
     self.cfg = cfg
     self.sources = list(sources) if sources is not None else None
-    self.records = store.Records(data_dir, "pretrain", splits)
+    self.records = store.Records(data_dir, "pretrain", splits, fields=_RECORD_FIELDS)
     meta = self.records.metadata
     arrays = [np.load(os.path.join(layout.task_path(data_dir, "pretrain"), f"{s}.index.npz"))
               for s in splits]

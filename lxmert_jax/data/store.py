@@ -51,10 +51,12 @@ def resolve_splits(split: str | Sequence[str]) -> list[str]:
 class Records:
   """Random access to the records of one or more logical splits of a task."""
 
-  def __init__(self, data_dir: str, task: str, splits: Sequence[str]):
+  def __init__(self, data_dir: str, task: str, splits: Sequence[str],
+               fields: Sequence[str] | None = None):
     self.data_dir = data_dir
     self.task = task
     self.splits = list(splits)
+    self.fields = list(fields) if fields is not None else None
     self.metadata = task_metadata(data_dir, task)
     missing = [s for s in self.splits if s not in self.metadata["split_parts"]]
     if missing:
@@ -66,7 +68,7 @@ class Records:
   def source(self):
     if self._source is None:
       self._source = tfds_builders.open_split(layout.task_path(self.data_dir, self.task),
-                                              "+".join(self.splits), self.metadata)
+                                              "+".join(self.splits), self.metadata, self.fields)
     return self._source
 
   def __len__(self) -> int:
@@ -86,6 +88,10 @@ class Records:
     return state
 
 
+_IMAGE_FIELDS = ("num_boxes", "boxes", "objects_id", "objects_conf", "attrs_id", "attrs_conf",
+                 "features")
+
+
 class FeatureStore:
   """Images of the feature sets a task uses, padded or cut to O boxes."""
 
@@ -100,8 +106,8 @@ class FeatureStore:
     src = self._sources.get(set_id)
     if src is None:
       path = layout.features_path(self.data_dir, self.feature_sets[set_id])
-      src = tfds_builders.open_split(path, tfds_builders.IMAGES_SPLIT, _metadata(
-          os.path.abspath(path)))
+      src = tfds_builders.open_split(path, tfds_builders.IMAGES_SPLIT,
+                                     _metadata(os.path.abspath(path)), _IMAGE_FIELDS)
       self._sources[set_id] = src
     return src
 

@@ -4,7 +4,8 @@ Scenes hold a few objects, each with a class, a colour, a size and a material
 and a box. The "detector" output per image is `num_boxes` boxes (the objects,
 then jittered duplicates of them) whose features are fixed random prototypes
 of the class and of each attribute, plus a projection of the box geometry and
-Gaussian noise, so class and attributes are recoverable from the features.
+Gaussian noise, passed through a softplus (real RoI features are
+non-negative), so class and attributes are recoverable from the features.
 Captions ("a small red metal cube left of a blue sphere .") and questions
 ("what color is the cube ?" -> "red", "how many spheres are there ?" -> "2")
 use real English words of the BERT vocabulary and are true of their scene, so
@@ -148,10 +149,13 @@ class _World:
     norm = boxes / np.array([scene.width, scene.height] * 2, np.float32)
     geometry = np.concatenate(
         [norm, ((norm[:, 2] - norm[:, 0]) * (norm[:, 3] - norm[:, 1]))[:, None]], axis=1)
-    feats = (self.class_protos[cls_ids] + self.attr_protos[colour_ids]
-             + self.attr_protos[size_ids] + self.attr_protos[material_ids]
-             + geometry @ self.box_proj
-             + rng.normal(0.0, self.cfg.noise, (nb, self.cfg.feature_dim)))
+    raw = (self.class_protos[cls_ids] + self.attr_protos[colour_ids]
+           + self.attr_protos[size_ids] + self.attr_protos[material_ids]
+           + geometry @ self.box_proj
+           + rng.normal(0.0, self.cfg.noise, (nb, self.cfg.feature_dim)))
+    # Non-negative like real RoI features (pooled after a ReLU); softplus is
+    # invertible, so nothing recoverable is lost.
+    feats = np.logaddexp(0.0, raw)
     return tsv_features.ImageFeatures(
         img_id=scene.img_id, img_h=scene.height, img_w=scene.width, objects_id=cls_ids,
         objects_conf=rng.uniform(0.5, 1.0, nb).astype(np.float32), attrs_id=colour_ids,

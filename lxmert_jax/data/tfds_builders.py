@@ -28,7 +28,7 @@ import dataclasses
 import os
 import shutil
 import tempfile
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 from array_record.python import array_record_module
 import numpy as np
@@ -318,13 +318,16 @@ class FastSource:
   they differ (another serialisation), TFDS's decoder is used throughout.
   """
 
-  def __init__(self, source, features: tfds.features.FeaturesDict):
+  def __init__(self, source, features: tfds.features.FeaturesDict,
+               fields: Sequence[str] | None = None):
     from tensorflow_datasets.core import example_parser  # pylint: disable=g-import-not-at-top
     self._source = source
     self._raw = getattr(source, "data_source", None)
     self._parse = example_parser.tf_example_pb2.Example.FromString
     self._plan = []
     for name, feature in features.items():
+      if fields is not None and name not in fields:
+        continue
       if isinstance(feature, tfds.features.Text):
         self._plan.append((name, "text", None, None))
       elif isinstance(feature, tfds.features.Scalar):
@@ -333,8 +336,12 @@ class FastSource:
         self._plan.append((name, "array", np.dtype(feature.np_dtype), tuple(feature.shape[1:])))
       else:
         self._raw = None
-    if self._raw is not None and len(source) and not _same_record(self._decode(0), source[0]):
-      self._raw = None
+    if self._raw is not None and len(source):
+      reference = source[0]
+      if fields is not None:
+        reference = {k: v for k, v in reference.items() if k in fields}
+      if not _same_record(self._decode(0), reference):
+        self._raw = None
 
   def _decode(self, index: int) -> dict[str, Any]:
     feature = self._parse(self._raw[index]).features.feature
@@ -372,13 +379,15 @@ def _same_record(a: dict[str, Any], b: dict[str, Any]) -> bool:
   return True
 
 
-def open_split(path: str, split: str, metadata: dict | None = None):
+def open_split(path: str, split: str, metadata: dict | None = None,
+               fields: Sequence[str] | None = None):
   """A random-access source over a logical split (its parts joined in order).
 
   Args:
     path: a dataset version directory.
     split: a logical split name (`+`-joined names concatenate splits).
     metadata: the dataset metadata, if already loaded.
+    fields: decode only these fields (default all).
 
   Returns:
     A random-access source (`len`, `[i]`) of decoded records, as TFDS's
@@ -392,4 +401,5 @@ def open_split(path: str, split: str, metadata: dict | None = None):
     if logical not in parts_of:
       raise KeyError(f"{path}: no split {logical!r}; available: {sorted(parts_of)}")
     names.extend(parts_of[logical])
-  return FastSource(builder.as_data_source(split="+".join(names)), builder.info.features)
+  return FastSource(builder.as_data_source(split="+".join(names)), builder.info.features,
+                    fields)
