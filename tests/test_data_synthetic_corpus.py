@@ -1,0 +1,137 @@
+"""The built-in corpus: reference formats, learnable signal, one-call demo data."""
+
+import json
+import os
+import re
+
+import numpy as np
+import pytest
+
+from lxmert_jax.data import annotations
+from lxmert_jax.data import build_demo_data
+from lxmert_jax.data import layout
+from lxmert_jax.data import synthetic_corpus as sc
+from lxmert_jax.data import tokenization
+from lxmert_jax.data import tsv_features
+from test_data_support import TINY, corpus_dir, tiny_data
+
+
+def _images(root, set_name):
+  path = os.path.join(root, layout.FEATURE_FILES[set_name])
+  return {img.img_id: img for img in
+          (tsv_features.decode_row(row, path) for row in tsv_features.iter_rows(path))}
+
+
+def test_reference_file_formats():
+  root = corpus_dir(tiny_data())
+  for set_name in ("train2014", "val2014", "vg_gqa", "gqa_testdev", "nlvr2_train"):
+    path = os.path.join(root, layout.FEATURE_FILES[set_name])
+    row = next(tsv_features.iter_rows(path))
+    assert len(row.fields) == len(tsv_features.FIELDNAMES)
+    img = tsv_features.decode_row(row, path)
+    assert img.features.shape == (TINY["num_boxes"], TINY["feature_dim"])
+    assert img.objects_id.dtype == np.int64 and img.boxes.dtype == np.float32
+    assert (img.features >= 0).all()
+  train = annotations.load_json(os.path.join(root, "lxmert", "mscoco_train.json"))
+  assert set(train[0]) == {"img_id", "sentf", "labelf"}
+  sources = {s for d in train for s in d["sentf"]}
+  assert sources == {"mscoco", "vqa", "vg", "gqa"}
+  assert all(set(d["labelf"]) <= {"vqa", "gqa"} for d in train)
+  all_ans = annotations.load_json(os.path.join(root, "lxmert", "all_ans.json"))
+  assert all(set(a) == {"ans", "dsets"} for a in all_ans)
+  vqa = annotations.load_json(os.path.join(root, "vqa", "train.json"))
+  assert {"question_id", "img_id", "sent", "label", "answer_type", "question_type"} <= set(vqa[0])
+  nlvr2 = annotations.load_json(os.path.join(root, "nlvr2", "train.json"))
+  first = nlvr2[0]
+  assert first["img0"] == first["identifier"].rsplit("-", 1)[0] + "-img0"
+
+
+def test_sentences_use_whole_words_of_the_bert_vocab():
+  root = corpus_dir(tiny_data())
+  tok = tokenization.make_tokenizer("bert")
+  train = annotations.load_json(os.path.join(root, "lxmert", "mscoco_train.json"))
+  sents = [s for d in train for ss in d["sentf"].values() for s in ss]
+  pieces = [p for ids in tok.tokenize_ids(sents) for p in ids]
+  assert tok.unk_id not in pieces
+  words = set(sc.COLOURS + sc.SIZES + sc.MATERIALS + sc.OBJECT_CLASSES)
+  assert all(tok.token_to_id(w) is not None for w in words)
+
+
+def test_features_reveal_class_and_colour():
+  root = corpus_dir(tiny_data())
+  images = list(_images(root, "train2014").values()) + list(_images(root, "vg_gqa").values())
+  x = np.concatenate([im.features for im in images])
+  cls = np.concatenate([im.objects_id for im in images])
+  colour = np.concatenate([im.attrs_id for im in images])
+  half = len(x) // 2
+  for labels, num in ((cls, len(sc.OBJECT_CLASSES)), (colour, len(sc.COLOURS))):
+    # A least-squares linear probe fit on half the boxes, scored on the rest.
+    onehot = np.eye(num)[labels[:half]]
+    xb = np.c_[x, np.ones(len(x))]
+    w, *_ = np.linalg.lstsq(xb[:half], onehot, rcond=None)
+    accuracy = ((xb[half:] @ w).argmax(1) == labels[half:]).mean()
+    assert accuracy > 3.0 / num, (num, accuracy)
+
+
+def test_answers_and_captions_are_true_of_their_image():
+  root = corpus_dir(tiny_data())
+  images = {**_images(root, "train2014"), **_images(root, "val2014"), **_images(root, "vg_gqa")}
+  train = annotations.load_json(os.path.join(root, "lxmert", "mscoco_train.json"))
+  colour_q = re.compile(r"what color is the (\w+) \?")
+  mentioned = re.compile(r"(" + "|".join(sc.COLOURS) + r") (?:\w+ )?(" +
+                         "|".join(sc.OBJECT_CLASSES) + r")\b")
+  checked, own_hits, other_hits = 0, [], []
+  ids = list(images)
+  rng = np.random.default_rng(0)
+  for datum in train:
+    img = images[datum["img_id"]]
+    pairs = {(sc.COLOURS[a], sc.OBJECT_CLASSES[c]) for a, c in zip(img.attrs_id, img.objects_id)}
+    for sent, label in zip(datum["sentf"].get("vqa", []), datum["labelf"].get("vqa", [])):
+      m = colour_q.fullmatch(sent)
+      if m:
+        best = max(label, key=label.get)
+        assert (best, m.group(1)) in pairs
+        checked += 1
+    other = images[ids[rng.integers(len(ids))]]
+    other_pairs = {(sc.COLOURS[a], sc.OBJECT_CLASSES[c])
+                   for a, c in zip(other.attrs_id, other.objects_id)}
+    for caption in datum["sentf"]["mscoco"]:
+      for found in mentioned.findall(caption):
+        own_hits.append(found in pairs)
+        if other.img_id != img.img_id:
+          other_hits.append(found in other_pairs)
+  assert checked > 0
+  # Captions describe their own image; another image rarely has those objects.
+  assert np.mean(own_hits) == 1.0 and np.mean(other_hits) < 0.3
+
+
+def test_nlvr2_labels_are_balanced_enough():
+  root = corpus_dir(tiny_data())
+  labels = [d["label"] for d in annotations.load_json(os.path.join(root, "nlvr2", "train.json"))]
+  assert 0.2 < np.mean(labels) < 0.8
+
+
+def test_build_demo_data_is_idempotent(tmp_path):
+  data_dir = str(tmp_path / "demo")
+  args = dict(num_images=8, seed=1, feature_dim=4, num_boxes=3, tasks=("pretrain",))
+  assert build_demo_data(data_dir, **args) == data_dir
+  marker = os.path.join(data_dir, sc.DEMO_MARKER)
+  stamp = os.stat(marker).st_mtime_ns
+  build_demo_data(data_dir, **args)
+  assert os.stat(marker).st_mtime_ns == stamp
+  assert json.load(open(marker))["num_images"] == 8
+  with pytest.raises(ValueError, match="built with"):
+    build_demo_data(data_dir, **dict(args, seed=2))
+  # An interrupted build (no marker) is completed by the next call.
+  os.remove(marker)
+  build_demo_data(data_dir, **args)
+  assert os.path.exists(marker)
+
+
+def test_cli_writes_the_corpus(tmp_path, capsys):
+  out = str(tmp_path / "corpus")
+  assert sc.main(["--out", out, "--num-images", "8", "--feature-dim", "4", "--num-boxes", "3"]) == 0
+  assert "python -m lxmert_jax.data.prepare all" in capsys.readouterr().out
+  assert os.path.exists(os.path.join(out, layout.FEATURE_FILES["vg_gqa"]))
+  with pytest.raises(ValueError):
+    sc.build_synthetic_corpus(str(tmp_path / "x"), num_images=3)
