@@ -2,9 +2,10 @@
 
 * Per-host sharding defaults to `jax.process_index()/process_count()`.
 * Training loaders shard with `drop_remainder` and drop the last partial
-  batch; their batches carry exactly the model inputs and targets. Evaluation loaders instead pad the record list with masked copies up
-  to a multiple of `batch_size * shard_count`, so every host runs the same
-  number of full batches and a float `_mask` [B] marks the real examples.
+  batch; their batches carry exactly the model inputs and targets.
+  Evaluation loaders instead pad the record list with masked copies up to a
+  multiple of `batch_size * shard_count`, so every host runs the same number
+  of full batches and a float `_mask` [B] marks the real examples.
 * Record randomness comes from grain's per-record generator, seeded from the
   loader seed and the record's global position, so batches do not depend on
   the number of workers and a restored iterator replays them exactly.

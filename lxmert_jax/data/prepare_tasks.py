@@ -93,7 +93,8 @@ def _label_space(inputs: Inputs, feature_metas: dict[str, dict]) -> tuple[int, i
   """Numbers of detector object / attribute labels, checked against the data."""
   sizes = []
   for given, name, default, key in (
-      (inputs.objects_vocab, "objects_vocab.txt", layout.DEFAULT_NUM_OBJECT_LABELS, "max_object_id"),
+      (inputs.objects_vocab, "objects_vocab.txt", layout.DEFAULT_NUM_OBJECT_LABELS,
+       "max_object_id"),
       (inputs.attributes_vocab, "attributes_vocab.txt", layout.DEFAULT_NUM_ATTR_LABELS,
        "max_attr_id")):
     path = given or (os.path.join(inputs.root, name) if inputs.root else None)
@@ -126,7 +127,8 @@ def _prepare_feature_sets(data_dir: str, set_names: Sequence[str], inputs: Input
   return metas
 
 
-def _locate(img_id: str, set_id: int, set_name: str, meta: dict, path: str, key: str) -> tuple[int, int]:
+def _locate(img_id: str, set_id: int, set_name: str, meta: dict, path: str,
+            key: str) -> tuple[int, int]:
   index = meta["img_index"].get(img_id)
   if index is None:
     raise errors.DataError(
@@ -206,7 +208,8 @@ def _part_bounds(sizes: Sequence[int], max_bytes: int) -> list[int]:
   return bounds
 
 
-def _split_plan(split: str, items: list[_Resolved], make_record: Callable[[_Resolved, np.ndarray], dict],
+def _split_plan(split: str, items: list[_Resolved],
+                make_record: Callable[[_Resolved, np.ndarray], dict],
                 tokenizer: tokenization.Tokenizer, opts: Options, task: str
                 ) -> list[tuple[str, Callable[[], Iterator[dict]]]]:
   """Parts of one split; all parts share one tokenising stream in order."""
@@ -345,7 +348,8 @@ def prepare_pretrain(data_dir: str, inputs: Inputs, opts: Options | None = None,
   return reports + [report]
 
 
-def _answer_vocab(task: str, ann_dir: str, parsed: dict[str, list], vocab_splits: Sequence[str]) -> tuple[list[str], str]:
+def _answer_vocab(task: str, ann_dir: str, parsed: dict[str, list],
+                  vocab_splits: Sequence[str]) -> tuple[list[str], str]:
   """The task's label2ans: the provided trainval files, else built from data."""
   ans2label = os.path.join(ann_dir, "trainval_ans2label.json")
   if os.path.exists(ans2label):

@@ -170,7 +170,9 @@ class WordPieceTokenizer(Tokenizer):
     # Imported here so the rest of the data package works without `tokenizers`
     # installed when only SentencePiece is used.
     import tokenizers  # pylint: disable=g-import-not-at-top
-    from tokenizers import models, normalizers, pre_tokenizers  # pylint: disable=g-import-not-at-top
+    from tokenizers import models  # pylint: disable=g-import-not-at-top
+    from tokenizers import normalizers  # pylint: disable=g-import-not-at-top
+    from tokenizers import pre_tokenizers  # pylint: disable=g-import-not-at-top
     if not os.path.exists(self.path):
       raise FileNotFoundError(f"WordPiece vocab not found: {self.path}")
     model = models.WordPiece.from_file(self.path, unk_token="[UNK]",
