@@ -78,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
                       help="grain record-reading threads (0: read in the loop's own thread)")
   parser.add_argument("--workers", type=int, default=0, help="also time N worker processes")
   parser.add_argument("--no-pin", action="store_true", help="do not pin to one core")
+  parser.add_argument("--core", type=int, default=None,
+                      help="core to pin the single-core run to (default: the first allowed)")
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args(argv)
 
@@ -96,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
   print(f"versions: {_versions()}")
 
   if not args.no_pin and hasattr(os, "sched_setaffinity"):
-    os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+    core = sorted(os.sched_getaffinity(0))[0] if args.core is None else args.core
+    os.sched_setaffinity(0, {core})
   walls, cpus, n = _time_loader(data_dir, args, worker_count=0)
   cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
   # On a shared machine wall time includes time other processes held the

@@ -1,12 +1,16 @@
 """Our side: the lxmert_jax train step and VQA forward, timed; the max-batch search.
 
-The train step is assembled from the package's own pieces (`LxmertForPreTraining`,
-`losses.pretraining_losses`, `losses.pretraining_metrics`,
-`losses.gather_masked_positions`) exactly as `lxmert_jax.train` composes
-them. It is not imported from there because `lxmert_jax.train`, `optim`,
-`objective`, `sharding` and `train_state` need ml_collections (and `train`
-also grain) at import time, which a bare GPU image lacks; and because the
-training loop has no switch for MLM decoding on gathered positions yet.
+The train step is the computation of `lxmert_jax.train.make_train_step`,
+assembled from the same package pieces (`LxmertForPreTraining`,
+`losses.pretraining_losses` and `losses.pretraining_metrics`, which
+`objective.compute` sums, and `losses.gather_masked_positions` with the
+`lax.cond` fallback of `train.loss_fn`). It is not imported from there:
+`lxmert_jax.train` needs ml_collections, grain and tensorflow_datasets at
+import time, and its step needs a mesh, sharded state and a ConfigDict, none
+of which a bare GPU image with jax, flax, optax, orbax, torch and
+transformers provides. The optimiser is AdamW with global-norm clipping (the
+training config's `adamw` option without its schedule and decay mask), the
+same update the PyTorch peer runs, rather than the default BertAdam.
 """
 
 from __future__ import annotations
@@ -73,25 +77,29 @@ def make_train_step(model: nn.Module, config: LxmertConfig, tx: optax.GradientTr
 
   The same forward (dropout on, key `fold_in(rng, step)`), loss (unit task
   weights), accuracy counts, gradient norm and optimiser update. With
-  `capacity`, the MLM decoder runs on the gathered masked positions; the
-  step then reports `mlm_overflow`, which must stay False.
+  `capacity`, the MLM decoder runs on the gathered labelled positions unless
+  a batch has more than `capacity` of them, in which case `lax.cond` takes
+  the all-positions branch (`mlm_fallback` in the metrics says which ran).
   """
 
   def loss_fn(params, batch, key):
-    labelled, extra = batch, {}
-    if capacity is not None:
-      positions, mlm_labels, overflow = losses.gather_masked_positions(
-          batch["masked_lm_labels"], capacity)
-      labelled = dict(batch, masked_lm_labels=mlm_labels)
-      extra["mlm_positions"] = positions
-    outputs = model.apply({"params": params}, **{k: batch[k] for k in workload.MODEL_INPUTS},
-                          deterministic=False, rngs={"dropout": key}, **extra)
-    total, terms = losses.pretraining_losses(outputs, labelled, config)
-    metrics = {"loss": total, **{f"loss/{k}": v for k, v in terms.items()},
-               **losses.pretraining_metrics(outputs, labelled)}
-    if capacity is not None:
-      metrics["mlm_overflow"] = overflow
-    return total, metrics
+    inputs = {k: batch[k] for k in workload.MODEL_INPUTS}
+
+    def run(positions, labelled):
+      outputs = model.apply({"params": params}, **inputs, mlm_positions=positions,
+                            deterministic=False, rngs={"dropout": key})
+      total, terms = losses.pretraining_losses(outputs, labelled, config)
+      return total, {"loss": total, **{f"loss/{k}": v for k, v in terms.items()},
+                     **losses.pretraining_metrics(outputs, labelled)}
+
+    if capacity is None:
+      return run(None, batch)
+    positions, gathered, overflow = losses.gather_masked_positions(
+        batch["masked_lm_labels"], capacity)
+    total, metrics = jax.lax.cond(
+        overflow, lambda: run(None, batch),
+        lambda: run(positions, {**batch, "masked_lm_labels": gathered}))
+    return total, dict(metrics, mlm_fallback=overflow)
 
   def step(state, batch):
     key = jax.random.fold_in(state["rng"], state["step"])
@@ -146,7 +154,7 @@ def compile_train_step(job: Job, batch: int) -> tuple[Any, LxmertConfig, Any, Op
   model = LxmertForPreTraining(config)
   tx = adamw()
   state = init_train_state(model, config, tx, job.seed)
-  capacity = workload.mlm_capacity(batch, job.seq_len) if job.variant.mlm_gather else None
+  capacity = workload.mlm_capacity(batch, job.seq_len, job.variant.mlm_fraction)
   fn = jax.jit(make_train_step(model, config, tx, capacity),
                donate_argnums=(0,) if job.variant.donate else ())
   start = time.perf_counter()
@@ -166,8 +174,6 @@ def bench_train(job: Job, peak: Optional[float]) -> dict[str, Any]:
 
   timing = workload.time_steps(step, jax.block_until_ready, job.warmup, job.steps)
   last = jax.device_get(step(0))
-  if capacity is not None and bool(last["mlm_overflow"]):
-    raise RuntimeError(f"more masked positions than the MLM capacity {capacity}")
   if not np.isfinite(float(last["loss"])):
     raise RuntimeError(f"non-finite loss {float(last['loss'])}")
   flops = workload.train_flops_per_example(config, job.seq_len, job.num_objects)
@@ -175,7 +181,8 @@ def bench_train(job: Job, peak: Optional[float]) -> dict[str, Any]:
               **compiled_stats(compiled, job.batch), compile_s=compile_s,
               peak_bytes=_memory_stat("peak_bytes_in_use"), loss=float(last["loss"]),
               attention=config.attention_implementation,
-              mlm_positions=capacity or job.batch * job.seq_len)
+              mlm_positions=capacity or job.batch * job.seq_len,
+              mlm_fallback=bool(last.get("mlm_fallback", False)))
 
 
 def bench_infer(job: Job, peak: Optional[float]) -> dict[str, Any]:

@@ -127,8 +127,8 @@ def plan_jobs(args: argparse.Namespace) -> list[Job]:
                 check_batch=args.check_batch, max_batch_granule=args.max_batch_granule,
                 max_batch_probes=args.max_batch_probes,
                 torch_compile_mode=args.torch_compile_mode)
-  best = Variant(attention=args.attention, mlm_gather=args.mlm_gather, prng=args.prng,
-                 donate=args.donate)
+  best = Variant(attention=args.attention, mlm_fraction=args.mlm_decode_fraction,
+                 prng=args.prng, donate=args.donate)
   jobs = []
   if args.check:
     jobs.append(Job(kind="check", variant=best, **common))
@@ -203,7 +203,8 @@ def build_report(args: argparse.Namespace, results: list[dict[str, Any]]) -> dic
                     optimizer=(f"AdamW (lr {workload.LEARNING_RATE}, weight decay "
                                f"{workload.WEIGHT_DECAY}, eps {workload.ADAM_EPS}) after "
                                f"global-norm clipping at {workload.CLIP_NORM}"),
-                    mlm_capacity=workload.mlm_capacity(args.batch, args.seq_len)),
+                    mlm_capacity=workload.mlm_capacity(args.batch, args.seq_len,
+                                                       args.mlm_decode_fraction)),
       flops=dict(train_per_example=workload.train_flops_per_example(config, args.seq_len,
                                                                     args.num_objects),
                  forward_per_example=sum(breakdown.values()), forward_breakdown=breakdown,
@@ -325,8 +326,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                  help="compute dtype on both sides (parameters stay fp32)")
   p.add_argument("--attention", choices=("auto", "reference", "xla", "cudnn"), default="auto",
                  help="our attention implementation (auto: cudnn on GPU in bf16, else xla)")
-  p.add_argument("--mlm-gather", action=argparse.BooleanOptionalAction, default=True,
-                 help="our MLM decoder on the masked positions only")
+  p.add_argument("--mlm-decode-fraction", type=float, default=0.25,
+                 help="our MLM decoder on the labelled positions, gathered into this fraction "
+                      "of B*T slots (the training config's mlm_decode_fraction); 0: all")
   p.add_argument("--prng", choices=("threefry2x32", "rbg", "unsafe_rbg"), default="rbg",
                  help="jax_default_prng_impl for our dropout masks")
   p.add_argument("--donate", action=argparse.BooleanOptionalAction, default=True,

@@ -51,23 +51,26 @@ class Variant:
     attention: `reference` (softmax written out, attention-probability dropout
       as the reference), `xla` or `cudnn` (`jax.nn.dot_product_attention`, no
       attention-probability dropout), or `auto` (cudnn on GPU in bf16, else xla).
-    mlm_gather: decode only the masked text positions (a static capacity, see
-      `mlm_capacity`) instead of all B*T.
+    mlm_fraction: `mlm_decode_fraction` of the training config: when > 0, the
+      MLM decoder runs on the labelled text positions gathered into
+      `mlm_capacity` slots instead of all B*T, falling back to all positions
+      (`lax.cond`) for a batch with more labels; 0 decodes every position.
     prng: `jax_default_prng_impl` for the dropout masks.
     donate: donate the train state to the step (updated in place).
   """
 
   attention: str = "auto"
-  mlm_gather: bool = True
+  mlm_fraction: float = 0.25
   prng: str = "rbg"
   donate: bool = True
 
   def label(self) -> str:
-    return (f"attn={self.attention} mlm={'gathered' if self.mlm_gather else 'all'} "
+    mlm = f"gathered<={self.mlm_fraction:g}" if self.mlm_fraction > 0 else "all"
+    return (f"attn={self.attention} mlm={mlm} "
             f"prng={self.prng}{' donate' if self.donate else ''}")
 
 
-BASELINE = Variant(attention="reference", mlm_gather=False, prng="threefry2x32", donate=True)
+BASELINE = Variant(attention="reference", mlm_fraction=0.0, prng="threefry2x32", donate=True)
 
 
 def lever_ladder(best: Variant) -> list[Variant]:
@@ -77,7 +80,7 @@ def lever_ladder(best: Variant) -> list[Variant]:
   in turn; a last rung takes donation away from `best` to show what it buys.
   """
   rungs = [BASELINE, dataclasses.replace(BASELINE, prng=best.prng),
-           dataclasses.replace(BASELINE, prng=best.prng, mlm_gather=best.mlm_gather),
+           dataclasses.replace(BASELINE, prng=best.prng, mlm_fraction=best.mlm_fraction),
            best, dataclasses.replace(best, donate=False)]
   return list(dict.fromkeys(rungs))
 
@@ -203,17 +206,12 @@ def peak_flops(device_name: str, dtype: str) -> Optional[float]:
 # --- Synthetic batches ---------------------------------------------------------
 
 
-def mlm_capacity(batch: int, seq_len: int, rate: float = MLM_RATE) -> int:
-  """Static number of decoded MLM positions when only masked ones are decoded.
+def mlm_capacity(batch: int, seq_len: int, fraction: float) -> Optional[int]:
+  """Decoded MLM slots for `mlm_decode_fraction` (None: every position).
 
-  Six standard deviations above the expected count when every sentence fills
-  all T-2 word-piece slots, rounded up to a multiple of 64: masking each word
-  piece independently with probability `rate` exceeds it with probability
-  below 1e-9.
+  The training loop's rule (`lxmert_jax.train.loss_fn`): ceil(fraction * B*T).
   """
-  slots = batch * (seq_len - 2)
-  bound = rate * slots + 6.0 * math.sqrt(slots * rate * (1.0 - rate))
-  return min(batch * seq_len, 64 * math.ceil(bound / 64))
+  return max(1, math.ceil(fraction * batch * seq_len)) if fraction > 0 else None
 
 
 def synthetic_batch(config: LxmertConfig, batch: int, seq_len: int, num_objects: int,

@@ -96,11 +96,10 @@ class PretrainData:
       selected = np.flatnonzero(np.isin(source_ids, wanted))
     if selected.shape[0] == 0:
       raise ValueError(f"no pre-training records in splits {list(splits)} for sources {sources}")
-    self.selected = selected
-    self.feat_set = feat_set[selected]
-    self.feat_index = feat_index[selected]
-    # One int64 per datum identifies its image across feature sets.
-    self.image_keys = (self.feat_set << 32) | self.feat_index
+    # Compact arrays: they are pickled to every grain worker.
+    self.selected = selected.astype(np.int32 if selected[-1] < 2**31 else np.int64)
+    # One int64 per datum identifies its image: feature set << 32 | index.
+    self.image_keys = (feat_set[selected] << 32) | feat_index[selected]
     if cfg.task_matched and np.unique(self.image_keys).shape[0] < 2:
       raise ValueError("sentence-image matching needs at least two images")
     self.images = store.FeatureStore(data_dir, meta["feature_sets"], cfg.num_objects)
@@ -128,6 +127,11 @@ class PretrainData:
     """The stored record of a selected datum."""
     return self.records[self.selected[position]]
 
+  def image_of(self, position: int) -> tuple[int, int]:
+    """`(feat_set, feat_index)` of a selected datum's image."""
+    key = int(self.image_keys[position])
+    return key >> 32, key & 0xFFFFFFFF
+
   def pieces(self, record: dict[str, Any]) -> np.ndarray:
     if self.retokenizer is None:
       return record["token_ids"]
@@ -140,7 +144,7 @@ class PretrainData:
       bank = self.bank()
       return bank[int(rng.integers(bank.shape[0]))]
     d = int(rng.integers(len(self)))
-    raw = self.images.raw(self.feat_set[d], self.feat_index[d])
+    raw = self.images.raw(*self.image_of(d))
     n = min(int(raw["num_boxes"]), self.cfg.num_objects)
     return raw["features"][int(rng.integers(n))]
 
@@ -154,7 +158,7 @@ class PretrainData:
       rows = np.empty((k, self.images.feature_dim), np.float16)
       for i in np.argsort(data, kind="stable"):
         d = data[i]
-        raw = self.images.raw(self.feat_set[d], self.feat_index[d])
+        raw = self.images.raw(*self.image_of(d))
         n = min(int(raw["num_boxes"]), self.cfg.num_objects)
         rows[i] = raw["features"][int(box_u[i] * n)]
       self._bank = rows
@@ -217,7 +221,7 @@ class BuildExample(grain.transforms.RandomMap):
         ids, labels, cfg.max_seq_length, cls_id=data.special["cls"], sep_id=data.special["sep"],
         pad_id=data.special["pad"])
     # 4. Object masking.
-    image = data.images.image(data.feat_set[pos], data.feat_index[pos])
+    image = data.images.image(*data.image_of(pos))
     zero, replace, selected = masking.select_objects(image["mask"], rng, cfg.obj_mask_prob)
     feats = image["features"]
     masked = feats
@@ -249,13 +253,20 @@ class CollatePretrain:
   the selected rows are converted from the masked float16 features.
   """
 
+  def __init__(self):
+    self.pool = loader_common.BufferPool()
+
+  def enable_shared_memory_output(self) -> None:
+    """Called by grain when batches are produced in worker processes."""
+    self.pool.enable_shared_memory_output()
+
   def __call__(self, examples: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
     big = ("visual_feats", "feat_targets")
     first = examples[0]
     batch = {k: np.stack([e[k] for e in examples]) for k in first if k not in big}
     shape = (len(examples),) + first["feat_targets"].shape
-    targets = np.empty(shape, np.float32)
-    visual = np.empty(shape, np.float32)
+    targets = self.pool.empty(shape)
+    visual = self.pool.empty(shape)
     for i, example in enumerate(examples):
       loader_common.to_float32(example["feat_targets"], targets[i])
       np.copyto(visual[i], targets[i])
