@@ -99,7 +99,7 @@ def run(job: Job) -> dict[str, Any]:
   fp32 = {f"output/{k}": workload.max_rel_error(out32[k], v) for k, v in ref_out.items()}
   fp32.update({f"loss/{k}": _rel(v, ref_terms[k.split(" ")[0]]) for k, v in terms32.items()})
 
-  attention = jax_side.resolve_attention(job.variant.attention, "bf16")
+  attention, _ = jax_side.resolve_attention(job, "bf16")
   bf16: dict[str, Any] = dict(tolerance=workload.BF16_TOL, attention=attention,
                               torch_autocast_max_rel_error={
                                   f"output/{k}": workload.max_rel_error(v, ref_out[k])

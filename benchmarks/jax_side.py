@@ -15,6 +15,7 @@ same update the PyTorch peer runs, rather than the default BertAdam.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from typing import Any, Callable, Optional
@@ -33,11 +34,49 @@ from lxmert_jax.heads import LxmertForPreTraining, LxmertForQuestionAnswering
 from lxmert_jax.modeling import dummy_inputs
 
 
-def resolve_attention(attention: str, dtype: str) -> str:
-  """`auto` is cudnn on GPU in bf16 (the only case cuDNN supports), else xla."""
-  if attention != "auto":
-    return attention
-  return "cudnn" if jax.devices()[0].platform == "gpu" and dtype == "bf16" else "xla"
+@functools.lru_cache(maxsize=None)
+def cudnn_attention_problem(tiny: bool, seq_len: int, num_objects: int) -> Optional[str]:
+  """Why our train step cannot use cuDNN attention here, or None if it can.
+
+  Traces (does not run) the gradient of the bf16 model with
+  `attention_implementation="cudnn"` on the benchmark's inputs, text padding
+  mask included: cuDNN's constraints on dtypes, head size, sequence lengths
+  and mask shapes are all checked while tracing.
+  """
+  config = LxmertConfig(**workload.model_fields(tiny), dtype="bfloat16",
+                        attention_implementation="cudnn")
+  model = LxmertForPreTraining(config)
+  inputs = {k: v for k, v in dummy_inputs(config, 2, seq_len, num_objects).items()
+            if k in workload.MODEL_INPUTS}
+
+  def loss(params):
+    out = model.apply({"params": params}, **inputs, deterministic=True)
+    return out.language_output.astype(jnp.float32).sum()
+
+  try:
+    params = nn.unbox(jax.eval_shape(lambda: model.init(jax.random.key(0), **inputs))["params"])
+    jax.eval_shape(jax.grad(loss), params)
+  except Exception as e:  # pylint: disable=broad-except
+    return f"{type(e).__name__}: {e}"
+  return None
+
+
+def resolve_attention(job: Job, dtype: Optional[str] = None) -> tuple[str, Optional[str]]:
+  """(attention implementation, why `auto` did not pick cuDNN) for `job`.
+
+  `auto` is cuDNN's fused attention where it can run our model (on GPU, in
+  bf16), else XLA's `dot_product_attention`.
+  """
+  dtype = dtype or job.dtype
+  if job.variant.attention != "auto":
+    return job.variant.attention, None
+  if jax.devices()[0].platform != "gpu" or dtype != "bf16":
+    return "xla", None
+  problem = cudnn_attention_problem(job.tiny, job.seq_len, job.num_objects)
+  if problem is not None:
+    workload.log(f"attention auto -> xla: cuDNN attention cannot run this model: {problem}")
+    return "xla", f"cuDNN attention unavailable: {problem}"
+  return "cudnn", None
 
 
 def our_config(job: Job, *, head: str = "pretraining") -> LxmertConfig:
@@ -46,8 +85,7 @@ def our_config(job: Job, *, head: str = "pretraining") -> LxmertConfig:
   if head == "qa":
     fields["num_qa_labels"] = workload.vqa_answers(job.tiny)
   return LxmertConfig(**fields, dtype="bfloat16" if job.dtype == "bf16" else "float32",
-                      attention_implementation=resolve_attention(job.variant.attention,
-                                                                 job.dtype))
+                      attention_implementation=resolve_attention(job)[0])
 
 
 def adamw() -> optax.GradientTransformation:
@@ -181,6 +219,7 @@ def bench_train(job: Job, peak: Optional[float]) -> dict[str, Any]:
               **compiled_stats(compiled, job.batch), compile_s=compile_s,
               peak_bytes=_memory_stat("peak_bytes_in_use"), loss=float(last["loss"]),
               attention=config.attention_implementation,
+              attention_note=resolve_attention(job)[1],
               mlm_positions=capacity or job.batch * job.seq_len,
               mlm_fallback=bool(last.get("mlm_fallback", False)))
 
@@ -208,7 +247,8 @@ def bench_infer(job: Job, peak: Optional[float]) -> dict[str, Any]:
   return dict(timing, **workload.throughput(timing, job.infer_batch, flops, peak),
               **compiled_stats(compiled, job.infer_batch), compile_s=compile_s,
               peak_bytes=_memory_stat("peak_bytes_in_use"),
-              attention=config.attention_implementation)
+              attention=config.attention_implementation,
+              attention_note=resolve_attention(job)[1])
 
 
 def is_out_of_memory(error: BaseException) -> bool:
@@ -253,7 +293,7 @@ def max_batch(job: Job) -> dict[str, Any]:
                  f"{workload.gib(limit)})")
   return dict(batch=best, bytes_limit=limit, granule=job.max_batch_granule,
               probes=[vars(p) for p in probes], variant=job.variant.label(),
-              attention=resolve_attention(job.variant.attention, job.dtype),
+              attention=resolve_attention(job)[0],
               mem_fraction=os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.75 (default)"))
 
 

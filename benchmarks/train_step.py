@@ -228,6 +228,8 @@ def _fmt(x: Optional[float], spec: str, suffix: str = "") -> str:
 def _levers(run: Mapping[str, Any], part: str) -> str:
   if run["side"] != "ours":
     return "bf16 autocast" if run["dtype"] == "bf16" else "fp32 (TF32 matmuls)"
+  if part == "infer":
+    return f"attn={run[part].get('attention')}"
   return run["variant"].replace("attn=auto", f"attn={run[part].get('attention')}")
 
 
@@ -264,6 +266,9 @@ def markdown(report: Mapping[str, Any]) -> str:
           f"{m['pipelined_ms']:.2f} | {_fmt(mfu, '.1f', '%')} | {gib(m['peak_bytes'])} | "
           f"{m['compile_s']:.1f} | {_fmt(ratio, '.2f', 'x')} |")
     lines.append("")
+  notes = {r[part].get("attention_note") for r in runs for part in ("train", "infer")
+           if part in r}
+  lines += [f"note: ours ran `attention=auto` as xla; {n}" for n in sorted(filter(None, notes))]
   lines += _check_lines(report.get("check"))
   mb = report.get("max_batch")
   if mb:
