@@ -294,7 +294,8 @@ def max_batch(job: Job) -> dict[str, Any]:
   return dict(batch=best, bytes_limit=limit, granule=job.max_batch_granule,
               probes=[vars(p) for p in probes], variant=job.variant.label(),
               attention=resolve_attention(job)[0],
-              mem_fraction=os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.75 (default)"))
+              mem_fraction=os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.75 (default)"),
+              xla_flags=os.environ.get("XLA_FLAGS", ""))
 
 
 def device_info() -> dict[str, Any]:

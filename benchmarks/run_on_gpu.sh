@@ -4,14 +4,16 @@
 #   benchmarks/run_on_gpu.sh OUT_DIR [PART] [extra benchmarks.train_step flags]
 #
 # PART (default: all):
-#   all     checks, ours (best levers), transformers eager and torch.compile,
-#           the lever ladder, the max batch; about 8 minutes on an H100 once
-#           compiled steps are cached, jobs past the time budget are skipped
-#           and listed
-#   table   checks, ours, transformers eager and torch.compile (train and
-#           inference): the comparison itself
-#   levers  our lever ladder and the max-batch search
-# Running `table` and then `levers` splits a first, uncached run in two.
+#   table      checks, then ours (best levers), transformers eager and
+#              torch.compile, train and inference: the comparison itself
+#   levers     ours once per lever, added one at a time from the plain model
+#   max-batch  the largest batch our train step fits
+#   all        the three above in one run; what the time budget leaves out
+#              is listed as not measured
+# Each part is sized for one call of at most 10 minutes on an H100 when
+# nothing is compiled yet; compiled programs are cached under $BENCH_CACHE
+# (default /tmp/lxmert_jax_bench_cache), so later parts and reruns on the same
+# machine skip most compilation.
 #
 # Writes OUT_DIR/results-PART.json (everything measured), OUT_DIR/log-PART.txt
 # (the full output, ending with the markdown tables) and
@@ -19,19 +21,23 @@
 #
 # Installs nothing: the Python given by $PYTHON (default python3) needs jax
 # with CUDA, flax, optax, orbax-checkpoint, chex, torch and transformers. If
-# $WHEELS names a folder of wheels, they are installed into a scratch
-# directory first (no index, no dependencies) and put on PYTHONPATH.
-# Compiled programs are cached under $BENCH_CACHE (default
-# /tmp/lxmert_jax_bench_cache), so a second run skips most compilation.
+# $WHEELS names a folder of wheels, they are installed into the cache folder
+# first (no index, no dependencies) and put on PYTHONPATH.
 set -euo pipefail
 
-out=${1:?usage: $0 OUT_DIR [all|table|levers] [flags]}
+out=${1:?usage: $0 OUT_DIR [table|levers|max-batch|all] [flags]}
 shift
-part=${1:-all}
+part=all
+if [[ $# -gt 0 && $1 != -* ]]; then
+  part=$1
+  shift
+fi
 case "$part" in
-  all|table|levers) [[ $# -gt 0 ]] && shift ;;
-  -*) part=all ;;
-  *) echo "unknown part '$part': expected all, table or levers" >&2; exit 2 ;;
+  table) flags=() ;;
+  levers) flags=(--sides ours --no-infer --no-check --ladder) ;;
+  max-batch) flags=(--sides none --no-check --max-batch) ;;
+  all) flags=(--ladder --max-batch) ;;
+  *) echo "unknown part '$part': expected table, levers, max-batch or all" >&2; exit 2 ;;
 esac
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -42,7 +48,7 @@ py=${PYTHON:-python3}
 cache=${BENCH_CACHE:-/tmp/lxmert_jax_bench_cache}
 
 if [[ -n "${WHEELS:-}" ]]; then
-  "$py" -m pip install -q --no-index --no-deps --no-compile --target "$cache/site" \
+  "$py" -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$cache/site" \
     "$WHEELS"/*.whl
   export PYTHONPATH="$cache/site${PYTHONPATH:+:$PYTHONPATH}"
 fi
@@ -56,12 +62,5 @@ export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$cache/inductor}
     "import jax; jax.print_environment_info()" || true
 } > "$out/environment.txt" 2>&1
 
-case "$part" in
-  all) flags=(--ladder --max-batch --time-budget "${TIME_BUDGET:-450}") ;;
-  table) flags=(--time-budget "${TIME_BUDGET:-540}") ;;
-  levers) flags=(--sides ours --no-infer --no-check --ladder --max-batch
-                 --time-budget "${TIME_BUDGET:-540}") ;;
-esac
-
-"$py" -m benchmarks.train_step "${flags[@]}" --out "$out/results-$part.json" "$@" \
-  2>&1 | tee "$out/log-$part.txt"
+"$py" -m benchmarks.train_step "${flags[@]}" --time-budget "${TIME_BUDGET:-520}" \
+  --out "$out/results-$part.json" "$@" 2>&1 | tee "$out/log-$part.txt"

@@ -106,6 +106,10 @@ def run_isolated(job: Job, timeout: Optional[float]) -> dict[str, Any]:
     env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.95")
   if job.kind == "run" and job.side != "ours":
     env["JAX_PLATFORMS"] = "cpu"  # PyTorch runs: keep JAX off the device entirely
+  if job.kind == "max_batch":
+    # Probes only need memory sizes: skip autotuning, which costs compile time
+    # and picks among kernels, not buffer sizes.
+    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_gpu_autotune_level=0".strip()
   with tempfile.TemporaryDirectory() as tmp:
     out = pathlib.Path(tmp) / "result.json"
     cmd = [sys.executable, "-m", "benchmarks.train_step", "--job", job.to_json(),
@@ -316,8 +320,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
   p.add_argument("--tiny", action="store_true",
                  help="tiny model, batch 8, 3 steps, in one process: a CPU functional run")
   p.add_argument("--sides", default=None,
-                 help=f"comma-separated subset of {','.join(SIDES)} (default: all; with "
-                      "--tiny: ours,torch-eager)")
+                 help=f"comma-separated subset of {','.join(SIDES)}, or none (default: all; "
+                      "with --tiny: ours,torch-eager)")
   p.add_argument("--batch", type=int, default=None, help="train batch (default 256; tiny 8)")
   p.add_argument("--infer-batch", type=int, default=None,
                  help="inference batch (default: --batch)")
@@ -363,7 +367,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
   p.add_argument("--job-out", default=None, help=argparse.SUPPRESS)
   args = p.parse_args(argv)
   tiny = args.tiny
-  args.sides = tuple((args.sides or ("ours,torch-eager" if tiny else ",".join(SIDES))).split(","))
+  sides = args.sides or ("ours,torch-eager" if tiny else ",".join(SIDES))
+  args.sides = () if sides == "none" else tuple(sides.split(","))
   unknown = sorted(set(args.sides) - set(SIDES))
   if unknown:
     p.error(f"--sides: unknown {unknown}; expected a subset of {SIDES}")
