@@ -26,9 +26,11 @@ Batch (numpy; B per host, T tokens, O boxes, F feature width):
 
 Random box features come, by default, from a bank of `feature_bank_size`
 (datum, box) draws made once from the loader seed: each replacement picks a
-bank row uniformly, so its distribution is the reference's (a uniform datum's
-image, a uniform box) without reading a second image per record;
-`feature_bank_size=0` reads a fresh random image for every replacement.
+bank row uniformly. Every replacement then has the reference's distribution
+(the feature of a uniform box of a uniform datum's image), but replacements
+reuse the bank's rows instead of each reading a new image, which would cost
+a second image read for about half the examples. `feature_bank_size=0` reads
+a fresh random image for every replacement, exactly as the reference does.
 """
 
 from __future__ import annotations
