@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--data-dir", default=None,
                       help="prepared demo data to reuse/build (default: a temporary dir)")
-  parser.add_argument("--num-images", type=int, default=240)
+  parser.add_argument("--num-images", type=int, default=1000)
   parser.add_argument("--feature-dim", type=int, default=2048)
   parser.add_argument("--num-boxes", type=int, default=36)
   parser.add_argument("--batch-size", type=int, default=128)

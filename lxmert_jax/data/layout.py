@@ -29,8 +29,9 @@ Prepared data (`python -m lxmert_jax.data.prepare ... --out DATA_DIR`):
     DATA_DIR/lxmert_nlvr2/1.0.0/  splits train, valid, test.
 
 Each is a TFDS ArrayRecord dataset readable with `tfds.builder_from_directory`
-/ `tfds.data_source`; splits larger than ~256 MB are stored in parts
-(`<split>_partNNNNN`) that `tfds_builders.open_split` joins.
+/ `tfds.data_source`; large splits are stored in parts (`<split>_partNNNNN`:
+about 1 GB of TSV per feature-set part, 256 MB of records per task part) that
+`tfds_builders.open_split` joins in order.
 """
 
 from __future__ import annotations
