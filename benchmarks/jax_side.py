@@ -57,6 +57,7 @@ def cudnn_attention_problem(tiny: bool, seq_len: int, num_objects: int) -> Optio
     params = nn.unbox(jax.eval_shape(lambda: model.init(jax.random.key(0), **inputs))["params"])
     jax.eval_shape(jax.grad(loss), params)
   except Exception as e:  # pylint: disable=broad-except
+    workload.log(f"cuDNN attention cannot run this model: {type(e).__name__}: {e}")
     return f"{type(e).__name__}: {e}"
   return None
 
@@ -74,7 +75,6 @@ def resolve_attention(job: Job, dtype: Optional[str] = None) -> tuple[str, Optio
     return "xla", None
   problem = cudnn_attention_problem(job.tiny, job.seq_len, job.num_objects)
   if problem is not None:
-    workload.log(f"attention auto -> xla: cuDNN attention cannot run this model: {problem}")
     return "xla", f"cuDNN attention unavailable: {problem}"
   return "cudnn", None
 

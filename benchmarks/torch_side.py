@@ -9,6 +9,7 @@ and AdamW (fused on CUDA). `torch-compile` wraps the model in
 
 from __future__ import annotations
 
+import gc
 import math
 import platform
 import time
@@ -68,7 +69,13 @@ def _peak_bytes() -> Optional[int]:
 
 
 def _reset_peak() -> None:
+  """Frees what earlier measurements left and restarts the peak-memory counter.
+
+  Compiled graphs keep their model alive until dynamo is reset.
+  """
   torch, _ = modules()
+  gc.collect()
+  torch._dynamo.reset()  # pylint: disable=protected-access
   if torch.cuda.is_available():
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
