@@ -280,7 +280,8 @@ def markdown(report: Mapping[str, Any]) -> str:
     lines.append("")
   notes = {r[part].get("attention_note") for r in runs for part in ("train", "infer")
            if part in r}
-  lines += [f"note: ours ran `attention=auto` as xla; {n}" for n in sorted(filter(None, notes))]
+  notes = sorted(filter(None, notes))
+  lines += [f"note: ours ran `attention=auto` as xla; {n}" for n in notes] + ([""] if notes else [])
   lines += _check_lines(report.get("check"))
   mb = report.get("max_batch")
   if mb:
