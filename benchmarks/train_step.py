@@ -343,7 +343,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
   p.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16",
                  help="compute dtype on both sides (parameters stay fp32)")
   p.add_argument("--attention", choices=("auto", "reference", "xla", "cudnn"), default="auto",
-                 help="our attention implementation (auto: cudnn on GPU in bf16, else xla)")
+                 help="our attention implementation (auto: cudnn where it can run the model, "
+                      "else xla)")
   p.add_argument("--mlm-decode-fraction", type=float, default=0.25,
                  help="our MLM decoder on the labelled positions, gathered into this fraction "
                       "of B*T slots (the training config's mlm_decode_fraction); 0: all")

@@ -45,12 +45,16 @@ PEAK_TFLOPS = (("H100 PCIe", (756.0, 378.0)), ("H100 NVL", (835.0, 418.0)),
 
 @dataclasses.dataclass(frozen=True)
 class Variant:
-  """Our speed levers. None of them changes the loss being optimised.
+  """Our speed levers; none changes the loss function.
+
+  The fused attention implementations leave out the dropout on attention
+  probabilities, which the written-out one keeps.
 
   Attributes:
     attention: `reference` (softmax written out, attention-probability dropout
       as the reference), `xla` or `cudnn` (`jax.nn.dot_product_attention`, no
-      attention-probability dropout), or `auto` (cudnn on GPU in bf16, else xla).
+      attention-probability dropout), or `auto` (cudnn where it can run the
+      model, which needs a GPU and bf16, else xla).
     mlm_fraction: `mlm_decode_fraction` of the training config: when > 0, the
       MLM decoder runs on the labelled text positions gathered into
       `mlm_capacity` slots instead of all B*T, falling back to all positions
