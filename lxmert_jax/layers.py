@@ -153,9 +153,11 @@ class Attention(nn.Module):
 
     q, k, v = project(hidden, "query"), project(context, "key"), project(context, "value")
     if cfg.attention_implementation != "reference":
+      # cuDNN wants the mask at full [B, N, T, S] (or [B, 1, T, S]) shape.
+      mask = None if bias is None else jnp.broadcast_to(
+          bias == 0, (q.shape[0], 1, q.shape[1], k.shape[1]))
       ctx = jax.nn.dot_product_attention(
-          q, k, v, mask=None if bias is None else bias == 0,
-          implementation=cfg.attention_implementation)
+          q, k, v, mask=mask, implementation=cfg.attention_implementation)
       return ctx.reshape(*ctx.shape[:-2], n * h), None
     scores = jnp.einsum("btnh,bsnh->bnts", q, k, preferred_element_type=jnp.float32)
     scores = scores / math.sqrt(h)
