@@ -13,11 +13,12 @@ looks valid.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
-from typing import Any
+from typing import Any, Iterator
 
 import flax.linen as nn
 import jax
@@ -62,26 +63,37 @@ def abstract_params(model: nn.Module, batch_size: int = 1) -> Any:
   return nn.meta.unbox(shapes["params"])
 
 
-def save_model(directory: str | os.PathLike, model: nn.Module, params: Any) -> str:
-  """Writes `config.json` and `params/` atomically; returns the directory."""
+@contextlib.contextmanager
+def atomic_directory(directory: str | os.PathLike) -> Iterator[str]:
+  """Yields a temporary directory that replaces `directory` only on success.
+
+  On any error the temporary directory is removed and `directory` is left as
+  it was, so a failed write never leaves a directory that looks complete.
+  """
   directory = os.path.abspath(os.fspath(directory))
   parent = os.path.dirname(directory)
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(directory) + "-", dir=parent)
   try:
-    model.config.to_json_file(os.path.join(tmp, "config.json"),
-                              architectures=[architecture_name(model)])
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(os.path.join(tmp, "params"), nn.meta.unbox(params))
-    checkpointer.wait_until_finished()
-    checkpointer.close()
+    yield tmp
     if os.path.exists(directory):
       shutil.rmtree(directory)
     os.rename(tmp, directory)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
-  return directory
+
+
+def save_model(directory: str | os.PathLike, model: nn.Module, params: Any) -> str:
+  """Writes `config.json` and `params/` atomically; returns the directory."""
+  with atomic_directory(directory) as tmp:
+    model.config.to_json_file(os.path.join(tmp, "config.json"),
+                              architectures=[architecture_name(model)])
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(os.path.join(tmp, "params"), nn.meta.unbox(params))
+    checkpointer.wait_until_finished()
+    checkpointer.close()
+  return os.path.abspath(os.fspath(directory))
 
 
 def load_config(directory: str | os.PathLike) -> tuple[LxmertConfig, str]:

@@ -22,8 +22,6 @@ import argparse
 import json
 import os
 import re
-import shutil
-import tempfile
 from typing import Any, Mapping, Optional
 
 import flax.linen as nn
@@ -214,21 +212,11 @@ def save_pretrained_hf(config: LxmertConfig, params: Any, out_dir: str | os.Path
     raise ConversionError(
         f"parameters do not fit {architecture}: missing {sorted(expected - set(state_dict))}, "
         f"unexpected {sorted(set(state_dict) - expected)}")
-  out_dir = os.path.abspath(os.fspath(out_dir))
-  os.makedirs(os.path.dirname(out_dir), exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(out_dir) + "-",
-                         dir=os.path.dirname(out_dir))
-  try:
+  with checkpoint_io.atomic_directory(out_dir) as tmp:
     save_file(state_dict, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
     with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
       json.dump(hf_config_dict(config, architecture), f, indent=2, sort_keys=True)
-    if os.path.exists(out_dir):
-      shutil.rmtree(out_dir)
-    os.rename(tmp, out_dir)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
-  return out_dir
+  return os.path.abspath(os.fspath(out_dir))
 
 
 def _infer_architecture(params: Mapping[str, Any]) -> str:
