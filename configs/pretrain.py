@@ -122,7 +122,7 @@ def _synthetic(config: ml_collections.ConfigDict, images: int) -> None:
 
 def _demo(config: ml_collections.ConfigDict) -> None:
   _synthetic(config, images=400)
-  config.model = common.model_variant("small", hidden_dropout_prob=0.0,
+  config.model = common.model_variant("mini", hidden_dropout_prob=0.0,
                                       attention_probs_dropout_prob=0.0)
   config.batch_size = 32
   config.num_epochs = 8

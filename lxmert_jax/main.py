@@ -46,6 +46,13 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   _maybe_initialize_distributed()
+  if not FLAGS.logtostderr:
+    # The console shows the progress bar and metrics; the full log (including
+    # the libraries' INFO lines) goes to a file in the work directory.
+    os.makedirs(FLAGS.workdir, exist_ok=True)
+    logging.get_absl_handler().use_absl_log_file("lxmert_jax", FLAGS.workdir)
+    if not FLAGS["stderrthreshold"].present:
+      FLAGS.stderrthreshold = "warning"
   logging.info("JAX process %d of %d; %d local / %d global devices (%s)",
                jax.process_index(), jax.process_count(), jax.local_device_count(),
                jax.device_count(), jax.devices()[0].platform)

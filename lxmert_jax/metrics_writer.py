@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from typing import Any, Mapping, Optional
 
@@ -71,13 +72,14 @@ class MetricsWriter:
     self._bar.set_postfix({k: _short(v) for k, v in postfix.items()}, refresh=False)
 
   def log(self, message: str) -> None:
-    """A line of text that does not break the progress bar."""
+    """A line for the console (kept clear of the progress bar) and the log."""
     if not self.enabled:
       return
+    logging.info("%s", message)
     if self._bar is not None:
-      self._bar.write(message)
+      self._bar.write(message, file=sys.stderr)
     else:
-      logging.info("%s", message)
+      print(message, file=sys.stderr, flush=True)
 
   def close(self) -> Optional[str]:
     """Flushes files, draws the loss curves; returns the plot's path if any."""
@@ -104,30 +106,37 @@ def read_jsonl(path: str) -> list[dict[str, float]]:
 
 
 def plot_loss_curves(jsonl_path: str, png_path: str) -> Optional[str]:
-  """Draws every `*loss*` series of a metrics file into one PNG.
+  """Draws the `train/...` and `eval/...` loss series of a metrics file.
 
   Total losses go in the left panel, per-task losses in the right one (log
-  scale, since their magnitudes differ by orders). A resumed run's rows
-  overwrite the earlier ones at the same steps.
+  scale, since their magnitudes differ by orders). Each task has one colour;
+  training is a solid line, evaluation dashed with markers. A resumed run's
+  rows replace the earlier ones at the same steps.
   """
   if not os.path.exists(jsonl_path):
     return None
   series: dict[str, dict[int, float]] = {}
   for row in read_jsonl(jsonl_path):
     for key, value in row.items():
-      if "loss" in key and math.isfinite(value):
+      if "/loss" in key and math.isfinite(value):
         series.setdefault(key, {})[int(row["step"])] = value
   if not series:
     return None
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-  fig, (total_ax, task_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
+  fig, (total_ax, task_ax) = plt.subplots(1, 2, figsize=(13, 4.5))
+  tasks = sorted({key.split("/", 2)[2] if key.count("/") == 2 else "total" for key in series})
+  colours = {task: plt.get_cmap("tab10")(i % 10) for i, task in enumerate(tasks)}
   for key in sorted(series):
+    split, _, task = key.partition("/loss")
+    task = task.lstrip("/") or "total"
     steps = np.array(sorted(series[key]))
     values = np.array([series[key][s] for s in steps])
-    ax = total_ax if key.endswith("/loss") or key == "loss" else task_ax
-    ax.plot(steps, values, label=key, marker="o" if key.startswith("eval") else None,
+    ax = total_ax if task == "total" else task_ax
+    evaluation = split == "eval"
+    ax.plot(steps, values, label=f"{split} {task}", color=colours[task],
+            linestyle="--" if evaluation else "-", marker="o" if evaluation else None,
             markersize=3)
   total_ax.set_title("total loss")
   task_ax.set_title("per-task losses")
@@ -136,7 +145,7 @@ def plot_loss_curves(jsonl_path: str, png_path: str) -> Optional[str]:
     ax.set_xlabel("step")
     ax.grid(alpha=0.3)
     if ax.lines:
-      ax.legend(fontsize=7)
+      ax.legend(fontsize=7, ncol=2 if ax is task_ax else 1)
   fig.tight_layout()
   fig.savefig(png_path, dpi=110)
   plt.close(fig)

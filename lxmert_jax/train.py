@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from typing import Any, Callable, Iterator, Mapping, Optional
 
@@ -62,7 +63,7 @@ class PretrainData:
     if not self.dir:
       raise DataNotFoundError(_missing_data_message("(empty)"))
     if cfg.build_demo and not self._prepared():
-      logging.info("building the demo corpus (%d images) in %s", cfg.demo_images, self.dir)
+      _say(f"building the demo corpus ({cfg.demo_images} images) in {self.dir}")
       data_lib.build_demo_data(
           self.dir, num_images=cfg.demo_images, seed=cfg.demo_seed,
           feature_dim=cfg.demo_feature_dim, tasks=("pretrain",))
@@ -132,6 +133,13 @@ class PretrainData:
       if 0 < limit <= i:
         break
       yield batch
+
+
+def _say(message: str) -> None:
+  """Logs, and shows on the console of process 0."""
+  logging.info("%s", message)
+  if jax.process_index() == 0:
+    print(message, file=sys.stderr, flush=True)
 
 
 def _missing_data_message(data_dir: str) -> str:
@@ -314,9 +322,9 @@ class _LoopLogger:
   """Accumulates host metrics between logs and checks each step for NaN/Inf."""
 
   def __init__(self, writer: MetricsWriter, log_every: int, global_batch: int,
-               total_steps: int, chance: Mapping[str, float]):
+               total_steps: int):
     self.writer, self.log_every, self.global_batch = writer, log_every, global_batch
-    self.total_steps, self.chance = total_steps, chance
+    self.total_steps = total_steps
     self.sums: dict[str, float] = {}
     self.num = 0
     self.throughput = Throughput()
@@ -349,22 +357,34 @@ class _LoopLogger:
     row["train/examples_per_sec"] = rate
     self.writer.write_scalars(step, row)
     self.writer.progress(step, {"loss": summary["loss"], "ex/s": f"{rate:.0f}"})
-    self.writer.log(f"step {step}: {format_metrics(row, self.chance)}")
+    self.writer.log(f"step {step} train: {format_metrics(row, 'train')} | "
+                    f"{rate:.0f} examples/s")
     self.first = self.first or row
     self.last = row
     self.sums, self.num = {}, 0
 
 
-def format_metrics(metrics: Mapping[str, float], chance: Mapping[str, float]) -> str:
-  """Losses and accuracies (with the chance level) as one log line."""
-  parts = []
-  for key, value in sorted(metrics.items()):
-    task = key.rsplit("/", 1)[-1]
-    if "/acc/" in key and task in chance:
-      parts.append(f"{key}={value:.3f} (chance {chance[task]:.3g})")
-    elif "loss" in key and "weight" not in key:
-      parts.append(f"{key}={value:.4f}")
-  return " ".join(parts)
+def format_metrics(metrics: Mapping[str, float], prefix: str,
+                   chance: Optional[Mapping[str, float]] = None) -> str:
+  """`loss 6.02 | mlm 1.09 acc 0.59 | matched ...` for one prefix (train/eval).
+
+  Args:
+    metrics: rows such as `{prefix}/loss/mlm`, `{prefix}/acc/mlm`.
+    prefix: "train" or "eval".
+    chance: when given, each accuracy is followed by the chance level.
+  """
+  if f"{prefix}/loss" not in metrics:
+    return "(none)"
+  parts = [f"loss {metrics[f'{prefix}/loss']:.3f}"]
+  for task in objective.TASKS:
+    loss, acc = metrics.get(f"{prefix}/loss/{task}"), metrics.get(f"{prefix}/acc/{task}")
+    if loss is None and acc is None:
+      continue
+    item = task if loss is None else f"{task} {loss:.3f}"
+    if acc is not None:
+      item += f" acc {acc:.3f}" + (f" (chance {chance[task]:.2g})" if chance else "")
+    parts.append(item)
+  return " | ".join(parts)
 
 
 def _restore_or_init(config: ml_collections.ConfigDict, ckpt: checkpointing.Checkpointer,
@@ -403,8 +423,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   mesh = sharding_lib.make_mesh(config.mesh)
   rules = sharding_lib.logical_rules(config.sharding_rules)
   data.check_batch_layout(mesh, config.grad_accum_steps)
-  logging.info("%s; global batch %d (%d per process)", sharding_lib.describe(mesh),
-               config.batch_size, data.per_host_batch)
 
   steps_per_epoch = data.steps_per_epoch
   total_steps = (config.num_train_steps if config.num_train_steps > 0
@@ -417,8 +435,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   state = _restore_or_init(config, ckpt, model, model_config, tx, abstract, shardings,
                            train_iter)
   start = int(jax.device_get(state.step))
-  logging.info("model: %s parameters; %d steps (%d per epoch), starting at step %d",
-               f"{ts.count_params(state.params):,}", total_steps, steps_per_epoch, start)
   if jax.process_index() == 0:
     model_config.to_json_file(os.path.join(workdir, "model_config.json"),
                               architectures=["LxmertForPreTraining"])
@@ -428,8 +444,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   eval_step = make_eval_step(model, model_config, config, steps_per_epoch, shardings, mesh)
   batch_sh = sharding_lib.batch_sharding(mesh)
   writer = MetricsWriter(workdir, total_steps, start, progress_bar=config.progress_bar)
+  writer.log(f"{sharding_lib.describe(mesh)}; global batch {config.batch_size}; model "
+             f"{ts.count_params(state.params):,} parameters; {total_steps} steps "
+             f"({steps_per_epoch} per epoch), starting at step {start}")
   chance = objective.chance_accuracy(model_config)
-  logger = _LoopLogger(writer, config.log_every_steps, config.batch_size, total_steps, chance)
+  logger = _LoopLogger(writer, config.log_every_steps, config.batch_size, total_steps)
   preempt = checkpointing.PreemptionFlag()
   eval_metrics: dict[str, float] = {}
   t0 = time.time()
@@ -455,7 +474,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           if do_eval:
             eval_metrics = evaluate(eval_step, state, data.eval_batches(), batch_sh)
             writer.write_scalars(step, eval_metrics)
-            writer.log(f"step {step}: {format_metrics(eval_metrics, chance)}")
+            writer.log(f"step {step} eval:  {format_metrics(eval_metrics, 'eval')}")
           # Evaluated states are saved too, as candidates for the best checkpoint.
           ckpt.save(step, state, train_iter, metrics=eval_metrics if do_eval else None,
                     force=stop or do_eval)
@@ -464,10 +483,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           writer.log(f"stopping at step {step} of {total_steps}; checkpoint saved, rerun "
                      "with the same workdir to resume")
           break
-    summary = {**logger.last, **eval_metrics}
     writer.log(f"done: step {step}/{total_steps} in {time.time() - t0:.1f}s\n"
-               f"  first: {format_metrics(logger.first, chance)}\n"
-               f"  last:  {format_metrics(summary, chance)}")
+               f"  first train: {format_metrics(logger.first, 'train', chance)}\n"
+               f"  last train:  {format_metrics(logger.last, 'train', chance)}\n"
+               f"  last eval:   {format_metrics(eval_metrics, 'eval', chance)}\n"
+               f"  files: {workdir}/metrics.jsonl, {workdir}/tensorboard, "
+               f"{workdir}/loss_curves.png, {workdir}/checkpoints")
   except NonFiniteLossError as e:
     ckpt.wait_until_finished()
     last_good = ckpt.latest_step()
@@ -477,6 +498,5 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   finally:
     ckpt.close()
     preempt.restore_handler()
-    plot = writer.close()
-  logging.info("metrics in %s; loss curves in %s", workdir, plot)
-  return summary
+    writer.close()
+  return {**logger.last, **eval_metrics}
