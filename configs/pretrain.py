@@ -42,6 +42,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # --- Model ----------------------------------------------------------------
   # LxmertConfig fields; vocabulary, label and feature sizes come from the data.
+  # Mixed precision: --config.model.dtype=bfloat16 computes in bf16 while
+  # parameters, gradients and optimiser moments stay float32 (param_dtype).
   config.model = common.model_variant("base")
 
   # --- Objective ------------------------------------------------------------

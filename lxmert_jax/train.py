@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional
 from absl import logging
 import flax.linen as nn
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -63,10 +64,13 @@ class PretrainData:
     if not self.dir:
       raise DataNotFoundError(_missing_data_message("(empty)"))
     if cfg.build_demo and not self._prepared():
-      _say(f"building the demo corpus ({cfg.demo_images} images) in {self.dir}")
-      data_lib.build_demo_data(
-          self.dir, num_images=cfg.demo_images, seed=cfg.demo_seed,
-          feature_dim=cfg.demo_feature_dim, tasks=("pretrain",))
+      # One process builds; the others wait for it (they share the directory).
+      if jax.process_index() == 0:
+        _say(f"building the demo corpus ({cfg.demo_images} images) in {self.dir}")
+        data_lib.build_demo_data(
+            self.dir, num_images=cfg.demo_images, seed=cfg.demo_seed,
+            feature_dim=cfg.demo_feature_dim, tasks=("pretrain",))
+      multihost_utils.sync_global_devices("lxmert_jax demo data")
     if not self._prepared():
       raise DataNotFoundError(_missing_data_message(self.dir))
     self.info = data_lib.dataset_info(self.dir)
@@ -125,8 +129,12 @@ class PretrainData:
                              seed=self.config.seed))
 
   def eval_batches(self) -> Iterator[Mapping[str, np.ndarray]]:
-    """The first `eval_batches` batches of the eval split, the same every time."""
-    loader = self._loader(self.config.data.eval_split, shuffle=False, num_epochs=1,
+    """`eval_batches` batches of the eval split, the same ones every time.
+
+    Shuffled with a fixed seed: records are stored image by image, so the
+    first batches in file order would cover only a few images.
+    """
+    loader = self._loader(self.config.data.eval_split, shuffle=True, num_epochs=1,
                           seed=self.config.seed)
     limit = self.config.eval_batches
     for i, batch in enumerate(loader):
@@ -476,7 +484,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             writer.write_scalars(step, eval_metrics)
             writer.log(f"step {step} eval:  {format_metrics(eval_metrics, 'eval')}")
           # Evaluated states are saved too, as candidates for the best checkpoint.
-          ckpt.save(step, state, train_iter, metrics=eval_metrics if do_eval else None,
+          ckpt.save(step, state, train_iter, metrics=(eval_metrics or None) if do_eval else None,
                     force=stop or do_eval)
         if stop:
           logger.flush(step)

@@ -105,6 +105,18 @@ def test_decoding_gathered_mlm_positions_keeps_loss_and_gradients():
     assert diff < 1e-6
 
 
+def test_bfloat16_compute_keeps_float32_parameters_and_gradients():
+  cfg = STEP_CFG.replace(dtype="bfloat16", param_dtype="float32")
+  model = LxmertForPreTraining(cfg)
+  params = _params(model, cfg)
+  assert {x.dtype for x in jax.tree.leaves(params)} == {jnp.dtype(jnp.float32)}
+  weights = {k: jnp.float32(1.0) for k in objective.TASKS}
+  grads, metrics = jax.jit(lambda p: train.grads_and_metrics(
+      model, cfg, p, jax.tree.map(jnp.asarray, _batch()), jax.random.key(0), weights, 1))(params)
+  assert {x.dtype for x in jax.tree.leaves(grads)} == {jnp.dtype(jnp.float32)}
+  assert metrics["loss"].dtype == jnp.float32 and np.isfinite(float(metrics["loss"]))
+
+
 # --- Initialisation options ---------------------------------------------------
 
 
@@ -244,6 +256,7 @@ def _saved_state(workdir, step):
   return ocp.PyTreeCheckpointer().restore(path)
 
 
+@pytest.mark.filterwarnings("ignore:Sharding info not provided")
 def test_resume_is_bit_identical_to_an_uninterrupted_run(demo_data, tmp_path):
   straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
   train.train_and_evaluate(_tiny_config(demo_data), straight)
@@ -264,6 +277,7 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(demo_data, tmp_path):
                             a["params"]["cls"]["predictions"]["bias"])
 
 
+@pytest.mark.filterwarnings("ignore:Sharding info not provided")
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(demo_data, tmp_path):
   workdir = str(tmp_path / "nan")
   with pytest.raises(train.NonFiniteLossError) as err:
