@@ -135,4 +135,3 @@ def create_train_state(model: nn.Module, config: LxmertConfig,
 
 def count_params(params: Any) -> int:
   return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
-
