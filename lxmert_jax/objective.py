@@ -75,7 +75,10 @@ def compute(outputs: Any, batch: Mapping[str, jax.Array], model_config: Any,
   total, terms = losses.pretraining_losses(outputs, batch, model_config, weights)
   metrics = {"loss": total, "weight/qa": jnp.asarray(weights["qa"], jnp.float32)}
   metrics.update({f"loss/{k}": v for k, v in terms.items()})
-  metrics.update(losses.pretraining_metrics(outputs, batch))
+  # A switched-off task may still have logits (transformers always runs the
+  # masked-LM head); its untrained accuracy would only mislead.
+  metrics.update({k: v for k, v in losses.pretraining_metrics(outputs, batch).items()
+                  if getattr(model_config, _MODEL_SWITCHES[k.rsplit("_", 1)[0]])})
   return total, metrics
 
 

@@ -55,6 +55,21 @@ def _params(model, cfg=TINY, seed=0):
   return nn.unbox(model.init(jax.random.key(seed), **dummy_inputs(cfg, 1, 4, 2))["params"])
 
 
+# --- Objective metrics ---------------------------------------------------------
+
+
+def test_switched_off_tasks_report_no_accuracy():
+  cfg = STEP_CFG.replace(task_mask_lm=False, task_qa=False)
+  model = LxmertForPreTraining(cfg)
+  batch = _batch()
+  inputs = {k: batch[k] for k in train.MODEL_INPUTS}
+  outputs = model.apply({"params": _params(model, cfg)}, **inputs)
+  weights = {task: jnp.float32(1.0) for task in objective.TASKS}
+  _, metrics = objective.compute(outputs, batch, cfg, weights)
+  assert {"matched_count", "obj_count", "attr_count"} <= set(metrics)
+  assert not {"mlm_correct", "mlm_count", "qa_correct", "qa_count"} & set(metrics)
+
+
 # --- Gradient accumulation ----------------------------------------------------
 
 
