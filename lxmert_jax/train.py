@@ -39,6 +39,7 @@ from lxmert_jax.metrics_writer import MetricsWriter, Throughput
 Batch = Mapping[str, jax.Array]
 MODEL_INPUTS = ("input_ids", "visual_feats", "visual_pos", "attention_mask",
                 "token_type_ids", "visual_attention_mask")
+FEATURE_KEYS = ("visual_feats", "feat_targets")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -121,7 +122,8 @@ class PretrainData:
         self.dir, split, batch_size=self.per_host_batch, seed=seed,
         max_seq_length=cfg.max_seq_length, num_objects=cfg.num_objects, shuffle=shuffle,
         num_epochs=num_epochs, shard_index=jax.process_index(),
-        shard_count=jax.process_count(), worker_count=cfg.worker_count, drop_remainder=True)
+        shard_count=jax.process_count(), worker_count=cfg.worker_count, drop_remainder=True,
+        feature_dtype=np.float16)
 
   def train_iterator(self) -> Iterator[Mapping[str, np.ndarray]]:
     """An endless, checkpointable iterator over shuffled training batches."""
@@ -177,6 +179,17 @@ def model_config_from(config: ml_collections.ConfigDict,
     raise ValueError(f"config.model: {e}; known fields are {known}") from e
 
 
+def features_as_float32(batch: Batch) -> Batch:
+  """RoI features and their regression targets as float32, on the device.
+
+  The loader sends them as float16, the precision they are stored in: half
+  the bytes for the host to assemble and to copy to the device, and the cast
+  is exact, so the model and the losses see the reference's float32 values.
+  """
+  return {**batch, **{k: jnp.asarray(batch[k], jnp.float32) for k in FEATURE_KEYS
+                      if k in batch}}
+
+
 def loss_fn(model: nn.Module, model_config: LxmertConfig, params: Any, batch: Batch,
             key: jax.Array, weights: Mapping[str, jax.Array], *, deterministic: bool,
             mlm_fraction: float = 0.0) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -189,6 +202,7 @@ def loss_fn(model: nn.Module, model_config: LxmertConfig, params: Any, batch: Ba
       more labelled positions falls back to decoding every position, so the
       loss is the same either way.
   """
+  batch = features_as_float32(batch)
   inputs = {k: batch[k] for k in MODEL_INPUTS}
 
   def run(mlm_positions, mlm_batch):

@@ -51,6 +51,24 @@ def test_batch_contract():
   assert ((batch["visual_pos"] >= 0) & (batch["visual_pos"] <= 1)).all()
 
 
+def test_float16_features_are_the_float32_batch_exactly():
+  """The training loop's float16 batches hold the same values, over several batches
+  (so reused buffers are exercised too)."""
+  wide = iter(_loader())
+  half = iter(_loader(feature_dtype=np.float16))
+  for _ in range(4):
+    a, b = next(wide), next(half)
+    assert set(a) == set(b)
+    for key in a:
+      if key in ("visual_feats", "feat_targets"):
+        assert b[key].dtype == np.float16, key
+        np.testing.assert_array_equal(b[key].astype(np.float32), a[key], err_msg=key)
+      else:
+        np.testing.assert_array_equal(b[key], a[key], err_msg=key)
+  with pytest.raises(ValueError, match="feature_dtype"):
+    next(iter(_loader(feature_dtype=np.int8)))
+
+
 def test_padding_boxes_are_masked_and_empty():
   batch = next(iter(_loader()))
   np.testing.assert_array_equal(batch["visual_attention_mask"][:, :6], 1)

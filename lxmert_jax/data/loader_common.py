@@ -144,7 +144,7 @@ def to_float32(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
 
 
 class BufferPool:
-  """Hands out float32 batch arrays, reusing those nobody references any more.
+  """Hands out feature batch arrays, reusing those nobody references any more.
 
   A fresh 36 x 2048 float32 batch array costs the kernel a page fault and a
   zero-fill per page (as much as converting the features into it). An array
@@ -166,14 +166,15 @@ class BufferPool:
     """
     self.shared_memory = True
 
-  def empty(self, shape: tuple[int, ...]) -> np.ndarray:
+  def empty(self, shape: tuple[int, ...], dtype: np.dtype = np.float32) -> np.ndarray:
     if self.shared_memory:
-      return grain.multiprocessing.SharedMemoryArray(shape, dtype=np.float32)
+      return grain.multiprocessing.SharedMemoryArray(shape, dtype=dtype)
     for i in range(len(self._buffers)):
-      # Held only by the list (plus getrefcount's own argument): free.
-      if self._buffers[i].shape == shape and sys.getrefcount(self._buffers[i]) <= 2:
-        return self._buffers[i]
-    buf = np.empty(shape, np.float32)
+      buf = self._buffers[i]
+      # Held only by the list (plus `buf` and getrefcount's argument): free.
+      if buf.shape == shape and buf.dtype == dtype and sys.getrefcount(buf) <= 3:
+        return buf
+    buf = np.empty(shape, dtype)
     if len(self._buffers) >= self.max_buffers:
       self._buffers.pop(0)
     self._buffers.append(buf)

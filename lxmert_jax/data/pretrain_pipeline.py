@@ -16,7 +16,10 @@ Per record (one image-sentence pair), with the record's own generator:
 Batch (numpy; B per host, T tokens, O boxes, F feature width):
 
     input_ids, attention_mask, token_type_ids, masked_lm_labels  int32 [B, T]
-    visual_feats, feat_targets   float32 [B, O, F]
+    visual_feats, feat_targets   float32 [B, O, F]  (float16 with
+                                 `feature_dtype=np.float16`: the stored
+                                 values, half the bytes to assemble and to
+                                 send to the device, which casts exactly)
     visual_pos                   float32 [B, O, 4]  (x1, y1, x2, y2 in [0, 1])
     visual_attention_mask        int32 [B, O]
     obj_labels, attr_labels      int32 [B, O]
@@ -248,14 +251,18 @@ class BuildExample(grain.transforms.RandomMap):
 
 
 class CollatePretrain:
-  """Stacks examples; features go to float32 once, masked rows patched in.
+  """Stacks examples; features stay float16 or go to float32 once.
 
-  `visual_feats` differs from `feat_targets` only on the boxes selected for
-  masking, so each example's targets are converted once and copied, and only
-  the selected rows are converted from the masked float16 features.
+  For float32, `visual_feats` differs from `feat_targets` only on the boxes
+  selected for masking, so each example's targets are converted once and
+  copied, and only the selected rows are converted from the masked float16
+  features.
   """
 
-  def __init__(self):
+  def __init__(self, feature_dtype: np.dtype = np.float32):
+    self.feature_dtype = np.dtype(feature_dtype)
+    if self.feature_dtype not in (np.float16, np.float32):
+      raise ValueError(f"feature_dtype {self.feature_dtype}: expected float16 or float32")
     self.pool = loader_common.BufferPool()
 
   def enable_shared_memory_output(self) -> None:
@@ -267,8 +274,14 @@ class CollatePretrain:
     first = examples[0]
     batch = {k: np.stack([e[k] for e in examples]) for k in first if k not in big}
     shape = (len(examples),) + first["feat_targets"].shape
-    targets = self.pool.empty(shape)
-    visual = self.pool.empty(shape)
+    targets = self.pool.empty(shape, self.feature_dtype)
+    visual = self.pool.empty(shape, self.feature_dtype)
+    if self.feature_dtype == np.float16:
+      np.stack([e["feat_targets"] for e in examples], out=targets)
+      np.stack([e["visual_feats"] for e in examples], out=visual)
+      batch["visual_feats"] = visual
+      batch["feat_targets"] = targets
+      return batch
     for i, example in enumerate(examples):
       loader_common.to_float32(example["feat_targets"], targets[i])
       np.copyto(visual[i], targets[i])
@@ -289,7 +302,8 @@ def make_pretrain_loader(data_dir: str, split: str | Sequence[str], *, batch_siz
                          obj_mask_prob: float = 0.15, sources: Sequence[str] | None = None,
                          task_matched: bool = True, feature_bank_size: int = 4096,
                          read_threads: int | None = None,
-                         worker_buffer_size: int = 1) -> grain.DataLoader:
+                         worker_buffer_size: int = 1,
+                         feature_dtype: np.dtype = np.float32) -> grain.DataLoader:
   """A grain DataLoader of pre-training batches (format in the module docstring).
 
   Args:
@@ -314,6 +328,8 @@ def make_pretrain_loader(data_dir: str, split: str | Sequence[str], *, batch_siz
     feature_bank_size: see the module docstring; 0 reads random images.
     read_threads: grain read-ahead threads (default none; scale with workers).
     worker_buffer_size: batches buffered per worker.
+    feature_dtype: of `visual_feats` and `feat_targets`: float32, or float16
+      (the stored values; the training loop casts them on the device).
 
   Returns:
     The loader; iterate it for batches, `iter(loader).get_state()` /
@@ -328,4 +344,4 @@ def make_pretrain_loader(data_dir: str, split: str | Sequence[str], *, batch_siz
       _Source(data), [BuildExample(data)], batch_size=batch_size, seed=seed, shuffle=shuffle,
       num_epochs=num_epochs, shard_index=shard_index, shard_count=shard_count,
       drop_remainder=drop_remainder, worker_count=worker_count, read_threads=read_threads,
-      worker_buffer_size=worker_buffer_size, batch_fn=CollatePretrain())
+      worker_buffer_size=worker_buffer_size, batch_fn=CollatePretrain(feature_dtype))
