@@ -4,9 +4,9 @@ Builds the synthetic corpus at the reference's sizes (36 boxes x 2048
 features, T = 20), prepares it, and times `make_pretrain_loader` batches end to
 end: reading records and float16 images, matching, QA targets, word and
 object masking and batching, with float16 features (what the training loop
-uses; it casts them on the device) and with the float32 cast on the host. The single-core figure runs
-with `worker_count=0` pinned to one core; `--workers N` adds a run with N
-grain worker processes.
+uses; it casts them on the device) and with the float32 cast on the host.
+The single-core figures run with `worker_count=0` pinned to one core;
+`--workers N` adds a run with N grain worker processes.
 
     python benchmarks/data_throughput.py
     python benchmarks/data_throughput.py --workers 2 --data-dir /tmp/lxmert_bench
@@ -20,6 +20,7 @@ import platform
 import sys
 import tempfile
 import time
+from typing import Sequence
 
 import numpy as np
 
@@ -42,26 +43,36 @@ def _versions() -> str:
                    + [f"{name} {metadata.version(name)}" for name in names])
 
 
-def _time_loader(data_dir: str, args: argparse.Namespace, worker_count: int,
-                 feature_dtype: str = "float16") -> tuple[list[float], list[float], int]:
-  """Per trial: examples per wall second and per CPU second; examples per trial."""
+def _time_loaders(data_dir: str, args: argparse.Namespace, worker_count: int,
+                  feature_dtypes: Sequence[str]) -> tuple[dict, dict, int]:
+  """Per feature dtype and trial: examples per wall second and per CPU second.
+
+  The loaders' trials alternate, so that a slow spell of a shared machine
+  (another tenant, page-cache reclaim) hits every configuration alike.
+
+  Returns:
+    (walls, cpus, examples per trial), `walls`/`cpus` keyed by dtype.
+  """
   from lxmert_jax.data import make_pretrain_loader  # pylint: disable=g-import-not-at-top
-  loader = make_pretrain_loader(
-      data_dir, "mscoco_train+mscoco_nominival+vgnococo", batch_size=args.batch_size,
-      seed=args.seed, max_seq_length=20, num_objects=args.num_boxes, shard_index=0,
-      shard_count=1, worker_count=worker_count, read_threads=args.read_threads,
-      feature_dtype=np.dtype(feature_dtype))
-  it = iter(loader)
-  for _ in range(args.warmup_batches):  # Start-up: feature bank, worker spawn, first reads.
-    next(it)
-  walls, cpus = [], []
+  iterators = {}
+  for dtype in feature_dtypes:
+    iterators[dtype] = iter(make_pretrain_loader(
+        data_dir, "mscoco_train+mscoco_nominival+vgnococo", batch_size=args.batch_size,
+        seed=args.seed, max_seq_length=20, num_objects=args.num_boxes, shard_index=0,
+        shard_count=1, worker_count=worker_count, read_threads=args.read_threads,
+        feature_dtype=np.dtype(dtype)))
+    for _ in range(args.warmup_batches):  # Start-up: feature bank, worker spawn, first reads.
+      next(iterators[dtype])
+  walls = {dtype: [] for dtype in feature_dtypes}
+  cpus = {dtype: [] for dtype in feature_dtypes}
   n = args.batches * args.batch_size
   for _ in range(args.trials):
-    start, cpu_start = time.perf_counter(), time.process_time()
-    for _ in range(args.batches):
-      next(it)
-    walls.append(n / (time.perf_counter() - start))
-    cpus.append(n / (time.process_time() - cpu_start))
+    for dtype, it in iterators.items():
+      start, cpu_start = time.perf_counter(), time.process_time()
+      for _ in range(args.batches):
+        next(it)
+      walls[dtype].append(n / (time.perf_counter() - start))
+      cpus[dtype].append(n / (time.process_time() - cpu_start))
   return walls, cpus, n
 
 
@@ -105,23 +116,22 @@ def main(argv: list[str] | None = None) -> int:
   cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
   # float16 features are what the training loop asks for (it casts on the
   # device); float32 batches are the loaders' default for other users.
-  for feature_dtype in ("float16", "float32"):
-    walls, cpus, n = _time_loader(data_dir, args, worker_count=0, feature_dtype=feature_dtype)
+  walls, cpus, n = _time_loaders(data_dir, args, 0, ("float16", "float32"))
+  print(f"worker_count=0 on {cores} core(s), {args.trials} alternating trials of {n} examples "
+        f"(batch {args.batch_size}) per feature dtype, load average {os.getloadavg()[0]:.1f}:")
+  for dtype in walls:
     # On a shared machine wall time includes time other processes held the
     # core; CPU time of this single-threaded run is the per-core figure.
-    print(f"worker_count=0, {feature_dtype} features, on {cores} core(s), {args.trials} "
-          f"trials of {n} examples (batch {args.batch_size}), load average "
-          f"{os.getloadavg()[0]:.1f}:")
-    print(f"  examples per CPU-second (= examples/s/core): median {np.median(cpus):,.0f}, "
-          f"best {max(cpus):,.0f}")
-    print(f"  examples per wall-second: median {np.median(walls):,.0f}, "
-          f"best {max(walls):,.0f}")
+    print(f"  {dtype} features: examples per CPU-second (= examples/s/core) median "
+          f"{np.median(cpus[dtype]):,.0f}, best {max(cpus[dtype]):,.0f}; per wall-second "
+          f"median {np.median(walls[dtype]):,.0f}")
   if args.workers:
     if hasattr(os, "sched_setaffinity"):
       os.sched_setaffinity(0, range(os.cpu_count()))
-    walls, _, n = _time_loader(data_dir, args, worker_count=args.workers)
-    print(f"worker_count={args.workers} on {os.cpu_count()} core(s): median "
-          f"{np.median(walls):,.0f}, best {max(walls):,.0f} examples per wall-second")
+    walls, _, n = _time_loaders(data_dir, args, args.workers, ("float16",))
+    print(f"worker_count={args.workers}, float16 features, on {os.cpu_count()} core(s): "
+          f"median {np.median(walls['float16']):,.0f}, best {max(walls['float16']):,.0f} "
+          "examples per wall-second")
   if tmp is not None:
     tmp.cleanup()
   return 0
