@@ -19,6 +19,7 @@ configured metric among checkpoints saved with metrics.
 
 from __future__ import annotations
 
+import logging as std_logging
 import os
 import signal
 import threading
@@ -32,6 +33,20 @@ import orbax.checkpoint as ocp
 
 STATE = "state"
 DATA_ITER = "data_iter"
+
+
+class _NoMetricsWarningFilter(std_logging.Filter):
+  """Drops orbax's warning for a save without metrics while tracking the best.
+
+  Saves between evaluations have no metrics by design: the keep-latest policy
+  covers them, and only evaluated saves compete for the best checkpoint.
+  """
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return "did not provide metrics" not in record.getMessage()
+
+
+_NO_METRICS_FILTER = _NoMetricsWarningFilter()
 
 
 class Checkpointer:
@@ -60,6 +75,7 @@ class Checkpointer:
         cleanup_tmp_directories=True, create=True)
     self._manager = ocp.CheckpointManager(self.directory, options=options,
                                           item_names=(STATE, DATA_ITER))
+    std_logging.getLogger("absl").addFilter(_NO_METRICS_FILTER)  # Idempotent.
 
   def _metric(self, metrics: Mapping[str, float]) -> float:
     if self.best_metric not in metrics:

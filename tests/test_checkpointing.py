@@ -1,5 +1,6 @@
 """Checkpointer: round trip with the data position, retention, incomplete saves."""
 
+import logging
 import os
 
 import grain
@@ -78,6 +79,15 @@ def test_keeps_latest_and_best(tmp_path):
   assert ckpt.all_steps() == [4, 8, 10]
   assert ckpt.best_step() == 4
   ckpt.close()
+
+
+def test_saves_between_evaluations_log_no_missing_metrics_warning(tmp_path, caplog):
+  mesh = sharding_lib.make_mesh(dict(data=-1, fsdp=1, tensor=1))
+  ckpt = checkpointing.Checkpointer(str(tmp_path), _ckpt_config(async_save=False))
+  with caplog.at_level(logging.WARNING):
+    assert ckpt.save(2, _state(mesh), iter(_loader()))
+  ckpt.close()
+  assert not [r for r in caplog.records if "metrics" in r.getMessage()]
 
 
 def test_interval_policy_and_force(tmp_path):
