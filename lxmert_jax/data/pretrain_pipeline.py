@@ -54,9 +54,9 @@ from lxmert_jax.data import tokenization
 IGNORE = masking.IGNORE
 
 
-# What building an example reads from a pre-training record.
-_RECORD_FIELDS = ("sent", "feat_set", "feat_index", "token_ids", "has_label", "ans_ids",
-                  "ans_scores")
+# What building an example reads from a pre-training record (each decoded
+# field costs time per read; the image of a record comes from the index).
+_RECORD_FIELDS = ("token_ids", "has_label", "ans_ids", "ans_scores")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,7 +84,10 @@ class PretrainData:
                tokenizer: tokenization.Tokenizer | None = None):
     self.cfg = cfg
     self.sources = list(sources) if sources is not None else None
-    self.records = store.Records(data_dir, "pretrain", splits, fields=_RECORD_FIELDS)
+    stored_tokenizer = store.task_metadata(data_dir, "pretrain")["tokenizer"]
+    retokenize = tokenizer is not None and tokenizer.fingerprint != stored_tokenizer["fingerprint"]
+    self.records = store.Records(data_dir, "pretrain", splits,
+                                 fields=_RECORD_FIELDS + (("sent",) if retokenize else ()))
     meta = self.records.metadata
     arrays = [np.load(os.path.join(layout.task_path(data_dir, "pretrain"), f"{s}.index.npz"))
               for s in splits]
@@ -109,9 +112,7 @@ class PretrainData:
       raise ValueError("sentence-image matching needs at least two images")
     self.images = store.FeatureStore(data_dir, meta["feature_sets"], cfg.num_objects)
     stored = meta["tokenizer"]
-    self.retokenizer = None
-    if tokenizer is not None and tokenizer.fingerprint != stored["fingerprint"]:
-      self.retokenizer = tokenizer
+    self.retokenizer = tokenizer if retokenize else None
     if tokenizer is not None:
       self.vocab_size = tokenizer.vocab_size
       self.special = {"pad": tokenizer.pad_id, "cls": tokenizer.cls_id, "sep": tokenizer.sep_id,
