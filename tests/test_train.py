@@ -70,6 +70,19 @@ def test_switched_off_tasks_report_no_accuracy():
   assert not {"mlm_correct", "mlm_count", "qa_correct", "qa_count"} & set(metrics)
 
 
+def test_other_image_control_moves_every_box_field_together():
+  batch = _batch(b=4)
+  other = train.with_other_images(batch)
+  for key, value in batch.items():
+    if key in train.IMAGE_KEYS:
+      np.testing.assert_array_equal(other[key][1:], value[:-1], err_msg=key)
+      np.testing.assert_array_equal(other[key][0], value[-1], err_msg=key)
+    else:
+      np.testing.assert_array_equal(other[key], value, err_msg=key)
+  per_box = {k for k, v in batch.items() if v.ndim >= 2 and v.shape[1] == 4}
+  assert per_box <= set(train.IMAGE_KEYS)
+
+
 # --- Gradient accumulation ----------------------------------------------------
 
 
