@@ -169,8 +169,7 @@ class BufferPool:
   def empty(self, shape: tuple[int, ...], dtype: np.dtype = np.float32) -> np.ndarray:
     if self.shared_memory:
       return grain.multiprocessing.SharedMemoryArray(shape, dtype=dtype)
-    for i in range(len(self._buffers)):
-      buf = self._buffers[i]
+    for buf in self._buffers:
       # Held only by the list (plus `buf` and getrefcount's argument): free.
       if buf.shape == shape and buf.dtype == dtype and sys.getrefcount(buf) <= 3:
         return buf

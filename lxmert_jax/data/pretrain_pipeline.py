@@ -84,11 +84,11 @@ class PretrainData:
                tokenizer: tokenization.Tokenizer | None = None):
     self.cfg = cfg
     self.sources = list(sources) if sources is not None else None
-    stored_tokenizer = store.task_metadata(data_dir, "pretrain")["tokenizer"]
-    retokenize = tokenizer is not None and tokenizer.fingerprint != stored_tokenizer["fingerprint"]
+    meta = store.task_metadata(data_dir, "pretrain")
+    stored = meta["tokenizer"]
+    retokenize = tokenizer is not None and tokenizer.fingerprint != stored["fingerprint"]
     self.records = store.Records(data_dir, "pretrain", splits,
                                  fields=_RECORD_FIELDS + (("sent",) if retokenize else ()))
-    meta = self.records.metadata
     arrays = [np.load(os.path.join(layout.task_path(data_dir, "pretrain"), f"{s}.index.npz"))
               for s in splits]
     source_ids = np.concatenate([a["source"] for a in arrays])
@@ -111,7 +111,6 @@ class PretrainData:
     if cfg.task_matched and np.unique(self.image_keys).shape[0] < 2:
       raise ValueError("sentence-image matching needs at least two images")
     self.images = store.FeatureStore(data_dir, meta["feature_sets"], cfg.num_objects)
-    stored = meta["tokenizer"]
     self.retokenizer = tokenizer if retokenize else None
     if tokenizer is not None:
       self.vocab_size = tokenizer.vocab_size
