@@ -4,7 +4,8 @@
 ours with `lxmert_jax.convert`; both run in eval mode with true fp32 matmuls
 (`allow_tf32=False`, `jax.default_matmul_precision('float32')`), and every
 output and loss term must agree to `FP32_TOL` relative, including the MLM
-loss with the decoder on gathered positions. (b) the same weights with bf16
+and feature-regression losses with their decoders on the gathered masked
+rows. (b) the same weights with bf16
 compute and the run's attention implementation must stay within `BF16_TOL`
 of our fp32 outputs; transformers' own bf16-autocast error is reported next
 to it for scale.
@@ -20,14 +21,14 @@ import numpy as np
 
 from benchmarks import jax_side, torch_side, workload
 from benchmarks.workload import Job
-from lxmert_jax import convert, losses
+from lxmert_jax import convert, losses, masked_decoding
 from lxmert_jax.configuration import LxmertConfig
 from lxmert_jax.heads import LxmertForPreTraining
 
 OUTPUTS = ("prediction_logits", "cross_relationship_score", "question_answering_score")
-# Gathered-position decoding is checked even when the timed runs decode all
-# positions; the training config's default fraction.
-CHECK_MLM_FRACTION = 0.25
+# Decoding gathered rows is checked even when the timed runs decode every
+# row, at the training config's default fractions.
+CHECK_DECODE_FRACTION = 0.25
 
 
 def _rel(a: float, b: float) -> float:
@@ -42,8 +43,9 @@ def _torch_outputs(out: Any) -> dict[str, np.ndarray]:
 
 
 def _ours(config: LxmertConfig, state_dict: dict[str, np.ndarray], batch: dict[str, Any],
-          capacity: Optional[int]) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-  """Our outputs and loss terms; with `capacity`, also the gathered-position MLM loss."""
+          slots: Optional[tuple[int, int]]) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+  """Our outputs and loss terms; with `slots` (MLM, feature), also the MLM and
+  feature losses with their decoders on that many gathered masked rows."""
   model = LxmertForPreTraining(config)
   params = convert.state_dict_to_params(state_dict, model, source="transformers model")
 
@@ -55,14 +57,15 @@ def _ours(config: LxmertConfig, state_dict: dict[str, np.ndarray], batch: dict[s
     outputs.update(language_output=out.language_output, vision_output=out.vision_output,
                    **{f"visual_{k}": v for k, v in out.visual_prediction.items()})
     terms = dict(terms, total=total)
-    if capacity is not None:
-      positions, mlm_labels, overflow = losses.gather_masked_positions(
-          b["masked_lm_labels"], capacity)
-      gathered = model.apply({"params": p}, **inputs, deterministic=True,
-                             mlm_positions=positions)
-      # More labels than slots would drop some: make that a failure, not a pass.
-      terms["mlm (decoder on gathered positions)"] = jnp.where(
-          overflow, jnp.nan, losses.mean_cross_entropy(gathered.prediction_logits, mlm_labels))
+    if slots is not None:
+      positions, gathered, overflow = masked_decoding.gathered_batch(b, *slots)
+      _, gathered_terms = losses.pretraining_losses(
+          model.apply({"params": p}, **inputs, **positions, deterministic=True), gathered,
+          config)
+      for key in ("mlm", "feat"):
+        # More masked rows than slots would drop some: a failure, not a pass.
+        terms[f"{key} (decoder on gathered rows)"] = jnp.where(
+            overflow, jnp.nan, gathered_terms[key])
     return outputs, terms
 
   outputs, terms = jax.device_get(jax.jit(forward)(params, batch))
@@ -94,8 +97,11 @@ def run(job: Job) -> dict[str, Any]:
 
   batch = jax.device_put(data)
   with jax.default_matmul_precision("float32"):
-    out32, terms32 = _ours(config, state_dict, batch, workload.mlm_capacity(
-        job.check_batch, job.seq_len, job.variant.mlm_fraction or CHECK_MLM_FRACTION))
+    slots = tuple(masked_decoding.capacity(fraction or CHECK_DECODE_FRACTION, rows)
+                  for fraction, rows in ((job.variant.mlm_fraction, job.check_batch * job.seq_len),
+                                         (job.variant.feat_fraction,
+                                          job.check_batch * job.num_objects)))
+    out32, terms32 = _ours(config, state_dict, batch, slots)
   fp32 = {f"output/{k}": workload.max_rel_error(out32[k], v) for k, v in ref_out.items()}
   fp32.update({f"loss/{k}": _rel(v, ref_terms[k.split(" ")[0]]) for k, v in terms32.items()})
 

@@ -3,8 +3,8 @@
 The train step is the computation of `lxmert_jax.train.make_train_step`,
 assembled from the same package pieces (`LxmertForPreTraining`,
 `losses.pretraining_losses` and `losses.pretraining_metrics`, which
-`objective.compute` sums, and `losses.gather_masked_positions` with the
-`lax.cond` fallback of `train.loss_fn`). It is not imported from there:
+`objective.compute` sums, and `masked_decoding.with_masked_decoding` as
+`train.loss_fn` calls it). It is not imported from there:
 `lxmert_jax.train` needs ml_collections, grain and tensorflow_datasets at
 import time, and its step needs a mesh, sharded state and a ConfigDict, none
 of which a bare GPU image with jax, flax, optax, orbax, torch and
@@ -27,8 +27,8 @@ import numpy as np
 import optax
 
 from benchmarks import workload
-from benchmarks.workload import Job, Probe
-from lxmert_jax import losses
+from benchmarks.workload import Job, Probe, Variant
+from lxmert_jax import losses, masked_decoding
 from lxmert_jax.configuration import LxmertConfig
 from lxmert_jax.heads import LxmertForPreTraining, LxmertForQuestionAnswering
 from lxmert_jax.modeling import dummy_inputs
@@ -110,34 +110,31 @@ def init_train_state(model: nn.Module, config: LxmertConfig, tx: optax.GradientT
 
 
 def make_train_step(model: nn.Module, config: LxmertConfig, tx: optax.GradientTransformation,
-                    capacity: Optional[int]) -> Callable:
+                    variant: Variant) -> Callable:
   """`(state, batch) -> (state, metrics)`, the computation of `lxmert_jax.train`'s step.
 
   The same forward (dropout on, key `fold_in(rng, step)`), loss (unit task
-  weights), accuracy counts, gradient norm and optimiser update. With
-  `capacity`, the MLM decoder runs on the gathered labelled positions unless
-  a batch has more than `capacity` of them, in which case `lax.cond` takes
-  the all-positions branch (`mlm_fallback` in the metrics says which ran).
+  weights), accuracy counts, gradient norm and optimiser update. With the
+  variant's decode fractions, the MLM and feature-regression decoders run on
+  the gathered masked rows unless a batch has more of them than slots, in
+  which case `lax.cond` takes the full branch (`decode_fallback` in the
+  metrics says which ran).
   """
 
   def loss_fn(params, batch, key):
     inputs = {k: batch[k] for k in workload.MODEL_INPUTS}
 
     def run(positions, labelled):
-      outputs = model.apply({"params": params}, **inputs, mlm_positions=positions,
+      outputs = model.apply({"params": params}, **inputs, **positions,
                             deterministic=False, rngs={"dropout": key})
       total, terms = losses.pretraining_losses(outputs, labelled, config)
       return total, {"loss": total, **{f"loss/{k}": v for k, v in terms.items()},
                      **losses.pretraining_metrics(outputs, labelled)}
 
-    if capacity is None:
-      return run(None, batch)
-    positions, gathered, overflow = losses.gather_masked_positions(
-        batch["masked_lm_labels"], capacity)
-    total, metrics = jax.lax.cond(
-        overflow, lambda: run(None, batch),
-        lambda: run(positions, {**batch, "masked_lm_labels": gathered}))
-    return total, dict(metrics, mlm_fallback=overflow)
+    (total, metrics), fallback = masked_decoding.with_masked_decoding(
+        run, batch, config, mlm_fraction=variant.mlm_fraction,
+        feat_fraction=variant.feat_fraction)
+    return total, dict(metrics, decode_fallback=fallback)
 
   def step(state, batch):
     key = jax.random.fold_in(state["rng"], state["step"])
@@ -185,24 +182,30 @@ def device_batches(config: LxmertConfig, job: Job, batch: int, count: int,
           for i in range(count)]
 
 
-def compile_train_step(job: Job, batch: int) -> tuple[Any, LxmertConfig, Any, Optional[int], float]:
-  """(compiled step, config, fresh state, MLM capacity, compile seconds) at `batch`."""
+def decoded_rows(job: Job, batch: int) -> dict[str, int]:
+  """Rows the MLM and feature-regression decoders run on per step (unless they fall back)."""
+  text, boxes = batch * job.seq_len, batch * job.num_objects
+  return dict(mlm_positions=masked_decoding.capacity(job.variant.mlm_fraction, text) or text,
+              feat_boxes=masked_decoding.capacity(job.variant.feat_fraction, boxes) or boxes)
+
+
+def compile_train_step(job: Job, batch: int) -> tuple[Any, LxmertConfig, Any, float]:
+  """(compiled step, config, fresh state, compile seconds) at `batch`."""
   jax.config.update("jax_default_prng_impl", job.variant.prng)
   config = our_config(job)
   model = LxmertForPreTraining(config)
   tx = adamw()
   state = init_train_state(model, config, tx, job.seed)
-  capacity = workload.mlm_capacity(batch, job.seq_len, job.variant.mlm_fraction)
-  fn = jax.jit(make_train_step(model, config, tx, capacity),
+  fn = jax.jit(make_train_step(model, config, tx, job.variant),
                donate_argnums=(0,) if job.variant.donate else ())
   start = time.perf_counter()
   compiled = fn.lower(state, batch_spec(config, batch, job.seq_len, job.num_objects)).compile()
-  return compiled, config, state, capacity, time.perf_counter() - start
+  return compiled, config, state, time.perf_counter() - start
 
 
 def bench_train(job: Job, peak: Optional[float]) -> dict[str, Any]:
   """Times our pre-training step at `job.batch`."""
-  compiled, config, state, capacity, compile_s = compile_train_step(job, job.batch)
+  compiled, config, state, compile_s = compile_train_step(job, job.batch)
   batches = device_batches(config, job, job.batch, job.num_batches)
   holder = {"state": state}
 
@@ -220,8 +223,7 @@ def bench_train(job: Job, peak: Optional[float]) -> dict[str, Any]:
               peak_bytes=_memory_stat("peak_bytes_in_use"), loss=float(last["loss"]),
               attention=config.attention_implementation,
               attention_note=resolve_attention(job)[1],
-              mlm_positions=capacity or job.batch * job.seq_len,
-              mlm_fallback=bool(last.get("mlm_fallback", False)))
+              **decoded_rows(job, job.batch), decode_fallback=bool(last["decode_fallback"]))
 
 
 def bench_infer(job: Job, peak: Optional[float]) -> dict[str, Any]:
@@ -264,7 +266,7 @@ def max_batch(job: Job) -> dict[str, Any]:
 
   def probe(b: int) -> Probe:
     try:
-      compiled, config, state, _, compile_s = compile_train_step(job, b)
+      compiled, config, state, compile_s = compile_train_step(job, b)
     except Exception as e:  # pylint: disable=broad-except
       if is_out_of_memory(e):
         return Probe(b, False, note="out of memory while compiling")

@@ -134,7 +134,7 @@ def bench_train(job: Job, peak: Optional[float]) -> dict[str, Any]:
   flops = workload.train_flops_per_example(config, job.seq_len, job.num_objects)
   return dict(timing, **workload.throughput(timing, job.batch, flops, peak), compile_s=first_s,
               peak_bytes=_peak_bytes(), loss=loss, attention="reference",
-              mlm_positions=job.batch * job.seq_len)
+              mlm_positions=job.batch * job.seq_len, feat_boxes=job.batch * job.num_objects)
 
 
 def bench_infer(job: Job, peak: Optional[float]) -> dict[str, Any]:

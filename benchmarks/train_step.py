@@ -55,6 +55,7 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 # pylint: disable=wrong-import-position
 from benchmarks import workload
 from benchmarks.workload import SIDES, Job, Variant, gib, log
+from lxmert_jax import masked_decoding
 from lxmert_jax.configuration import LxmertConfig
 
 # pylint: enable=wrong-import-position
@@ -140,7 +141,7 @@ def plan_jobs(args: argparse.Namespace) -> list[Job]:
                 max_batch_probes=args.max_batch_probes,
                 torch_compile_mode=args.torch_compile_mode)
   best = Variant(attention=args.attention, mlm_fraction=args.mlm_decode_fraction,
-                 prng=args.prng, donate=args.donate)
+                 feat_fraction=args.feat_decode_fraction, prng=args.prng, donate=args.donate)
   jobs = []
   if args.check:
     jobs.append(Job(kind="check", variant=best, **common))
@@ -215,8 +216,10 @@ def build_report(args: argparse.Namespace, results: list[dict[str, Any]]) -> dic
                     optimizer=(f"AdamW (lr {workload.LEARNING_RATE}, weight decay "
                                f"{workload.WEIGHT_DECAY}, eps {workload.ADAM_EPS}) after "
                                f"global-norm clipping at {workload.CLIP_NORM}"),
-                    mlm_capacity=workload.mlm_capacity(args.batch, args.seq_len,
-                                                       args.mlm_decode_fraction)),
+                    mlm_slots=masked_decoding.capacity(args.mlm_decode_fraction,
+                                                       args.batch * args.seq_len),
+                    feat_slots=masked_decoding.capacity(args.feat_decode_fraction,
+                                                        args.batch * args.num_objects)),
       flops=dict(train_per_example=workload.train_flops_per_example(config, args.seq_len,
                                                                     args.num_objects),
                  forward_per_example=sum(breakdown.values()), forward_breakdown=breakdown,
@@ -348,6 +351,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
   p.add_argument("--mlm-decode-fraction", type=float, default=0.25,
                  help="our MLM decoder on the labelled positions, gathered into this fraction "
                       "of B*T slots (the training config's mlm_decode_fraction); 0: all")
+  p.add_argument("--feat-decode-fraction", type=float, default=0.25,
+                 help="our feature-regression decoder on the masked boxes, gathered into this "
+                      "fraction of B*O slots (feat_decode_fraction); 0: all")
   p.add_argument("--prng", choices=("threefry2x32", "rbg", "unsafe_rbg"), default="rbg",
                  help="jax_default_prng_impl for our dropout masks")
   p.add_argument("--donate", action=argparse.BooleanOptionalAction, default=True,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 from typing import Any, Callable, Mapping, Optional
 
@@ -57,35 +56,44 @@ class Variant:
       model, which needs a GPU and bf16, else xla).
     mlm_fraction: `mlm_decode_fraction` of the training config: when > 0, the
       MLM decoder runs on the labelled text positions gathered into
-      `mlm_capacity` slots instead of all B*T, falling back to all positions
-      (`lax.cond`) for a batch with more labels; 0 decodes every position.
+      `masked_decoding.capacity(fraction, B*T)` slots instead of all B*T,
+      falling back to all positions (`lax.cond`) for a batch with more
+      labels; 0 decodes every position.
+    feat_fraction: `feat_decode_fraction`: the same for the feature-regression
+      decoder and the masked boxes among B*O.
     prng: `jax_default_prng_impl` for the dropout masks.
     donate: donate the train state to the step (updated in place).
   """
 
   attention: str = "auto"
   mlm_fraction: float = 0.25
+  feat_fraction: float = 0.25
   prng: str = "rbg"
   donate: bool = True
 
   def label(self) -> str:
-    mlm = f"gathered<={self.mlm_fraction:g}" if self.mlm_fraction > 0 else "all"
-    return (f"attn={self.attention} mlm={mlm} "
+    def rows(fraction: float) -> str:
+      return f"gathered<={fraction:g}" if fraction > 0 else "all"
+    return (f"attn={self.attention} mlm={rows(self.mlm_fraction)} "
+            f"feat={rows(self.feat_fraction)} "
             f"prng={self.prng}{' donate' if self.donate else ''}")
 
 
-BASELINE = Variant(attention="reference", mlm_fraction=0.0, prng="threefry2x32", donate=True)
+BASELINE = Variant(attention="reference", mlm_fraction=0.0, feat_fraction=0.0,
+                   prng="threefry2x32", donate=True)
 
 
 def lever_ladder(best: Variant) -> list[Variant]:
   """Rungs from the plain model to `best`, one more lever per rung.
 
-  The PRNG, then MLM gathering, then the attention implementation are added
-  in turn; a last rung takes donation away from `best` to show what it buys.
+  The PRNG, then MLM gathering, then feature-decoder gathering, then the
+  attention implementation are added in turn; a last rung takes donation
+  away from `best` to show what it buys.
   """
-  rungs = [BASELINE, dataclasses.replace(BASELINE, prng=best.prng),
-           dataclasses.replace(BASELINE, prng=best.prng, mlm_fraction=best.mlm_fraction),
-           best, dataclasses.replace(best, donate=False)]
+  prng = dataclasses.replace(BASELINE, prng=best.prng)
+  mlm = dataclasses.replace(prng, mlm_fraction=best.mlm_fraction)
+  feat = dataclasses.replace(mlm, feat_fraction=best.feat_fraction)
+  rungs = [BASELINE, prng, mlm, feat, best, dataclasses.replace(best, donate=False)]
   return list(dict.fromkeys(rungs))
 
 
@@ -208,14 +216,6 @@ def peak_flops(device_name: str, dtype: str) -> Optional[float]:
 
 
 # --- Synthetic batches ---------------------------------------------------------
-
-
-def mlm_capacity(batch: int, seq_len: int, fraction: float) -> Optional[int]:
-  """Decoded MLM slots for `mlm_decode_fraction` (None: every position).
-
-  The training loop's rule (`lxmert_jax.train.loss_fn`): ceil(fraction * B*T).
-  """
-  return max(1, math.ceil(fraction * batch * seq_len)) if fraction > 0 else None
 
 
 def synthetic_batch(config: LxmertConfig, batch: int, seq_len: int, num_objects: int,

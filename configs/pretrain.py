@@ -39,6 +39,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.max_seq_length = 20  # [CLS] + 18 word-pieces + [SEP].
   config.data.num_objects = 36
   config.data.worker_count = 0  # grain worker processes (0: in the main process).
+  # Batches read and copied to the devices ahead of the step, on a thread, so
+  # loading and the transfer overlap with compute (0: in the loop, no overlap).
+  config.data.device_prefetch = 2
 
   # --- Model ----------------------------------------------------------------
   # LxmertConfig fields; vocabulary, label and feature sizes come from the data.
@@ -72,6 +75,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # (the labelled ones; ~15% are). Same loss, a fraction of the largest
   # matmul; batches with more labels fall back to all positions. 0: off.
   config.mlm_decode_fraction = 0.25
+  # The same for the feature-regression decoder and the boxes (15% masked).
+  config.feat_decode_fraction = 0.25
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.name = "bert_adam"  # Or "adamw" (bias-corrected, decay masked).
   config.optimizer.lr = 1e-4
@@ -139,7 +144,9 @@ def _demo(config: ml_collections.ConfigDict) -> None:
 def _tiny(config: ml_collections.ConfigDict) -> None:
   _synthetic(config, images=24)
   config.data.demo_feature_dim = 32
-  config.mlm_decode_fraction = 0.0  # One model copy in the step: faster compiles.
+  # One model copy in the step: faster compiles.
+  config.mlm_decode_fraction = 0.0
+  config.feat_decode_fraction = 0.0
   config.model = common.model_variant("tiny")
   config.batch_size = 8
   config.num_epochs = 1

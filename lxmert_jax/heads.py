@@ -70,10 +70,10 @@ class VisualObjHead(nn.Module):
   config: LxmertConfig
 
   @nn.compact
-  def __call__(self, visn: Array) -> dict[str, Array]:
+  def __call__(self, visn: Array, feat_positions: Optional[Array] = None) -> dict[str, Array]:
     cfg = self.config
     h = PredictionHeadTransform(cfg, name="transform")(visn)
-    return VisualDecoders(cfg, name="decoder_dict")(h)
+    return VisualDecoders(cfg, name="decoder_dict")(h, feat_positions)
 
 
 class VisualDecoders(nn.Module):
@@ -82,7 +82,14 @@ class VisualDecoders(nn.Module):
   config: LxmertConfig
 
   @nn.compact
-  def __call__(self, h: Array) -> dict[str, Array]:
+  def __call__(self, h: Array, feat_positions: Optional[Array] = None) -> dict[str, Array]:
+    """Decodes every box; the feature decoder only `feat_positions` when given.
+
+    Args:
+      h: [B, O, D] transformed vision states.
+      feat_positions: [K] flat indices into the B*O boxes; `feat` is then
+        [K, F] (the object and attribute losses read every box).
+    """
     cfg = self.config
     sizes = {"obj": (cfg.num_object_labels, "classes"),
              "attr": (cfg.num_attr_labels, "classes"),
@@ -90,7 +97,10 @@ class VisualDecoders(nn.Module):
     out = {}
     for key in cfg.visual_losses:
       num, axis = sizes[key]
-      out[key] = layers.dense(cfg, num, ("embed", axis), key)(h).astype(jnp.float32)
+      rows = h
+      if key == "feat" and feat_positions is not None:
+        rows = h.reshape(-1, h.shape[-1])[feat_positions]
+      out[key] = layers.dense(cfg, num, ("embed", axis), key)(rows).astype(jnp.float32)
     return out
 
 
@@ -135,15 +145,20 @@ class LxmertForPreTraining(nn.Module):
                obj_labels: Optional[Mapping[str, tuple[Array, Array]]] = None,
                matched_label: Optional[Array] = None, ans: Optional[Array] = None,
                mlm_positions: Optional[Array] = None,
+               feat_positions: Optional[Array] = None,
                deterministic: bool = True, output_hidden_states: bool = False,
                output_attentions: bool = False) -> LxmertForPreTrainingOutput:
     """Runs the backbone and every enabled pre-training head.
 
     `mlm_positions` ([K] flat indices into the B*T text positions, see
-    `losses.gather_masked_positions`) restricts the masked-LM decoder to those
-    positions: `prediction_logits` is then [K, V] and `labels`, if given, are
-    the [K] labels of those positions. The loss is unchanged, the decoder's
-    cost falls by T*B/K.
+    `masked_decoding.gather_masked_positions`) restricts the masked-LM decoder
+    to those positions: `prediction_logits` is then [K, V] and `labels`, if
+    given, are the [K] labels of those positions. The loss is unchanged, the
+    decoder's cost falls by T*B/K. `feat_positions` ([K'] flat indices into
+    the B*O boxes, `masked_decoding.gather_masked_boxes`) does the same for
+    the feature-regression decoder: `visual_prediction["feat"]` is [K', F];
+    `obj_labels["feat"]`, if given, are then the [K', F] targets and [K']
+    mask of those boxes.
     """
     cfg = self.config
     backbone = LxmertModel(cfg, name="lxmert")
@@ -156,7 +171,7 @@ class LxmertForPreTraining(nn.Module):
       lang = lang.reshape(-1, lang.shape[-1])[mlm_positions]
     mlm, match = PreTrainingHeads(cfg, name="cls")(
         lang, base.pooled_output, _word_embeddings(backbone))
-    visual = (VisualObjHead(cfg, name="obj_predict_head")(base.vision_output)
+    visual = (VisualObjHead(cfg, name="obj_predict_head")(base.vision_output, feat_positions)
               if cfg.task_obj_predict else None)
     answer = (AnswerHead(cfg, cfg.num_qa_labels, name="answer_head")(base.pooled_output)
               if cfg.task_qa else None)
@@ -164,9 +179,10 @@ class LxmertForPreTraining(nn.Module):
                  question_answering_score=answer, visual_prediction=visual)
     loss = terms = None
     if any(x is not None for x in (labels, obj_labels, matched_label, ans)):
+      num_boxes = None if feat_positions is None else visual_feats.shape[0] * visual_feats.shape[1]
       terms = losses.pretraining_terms(cfg, masked_lm_labels=labels,
-                                       matched_label=matched_label,
-                                       obj_labels=obj_labels, ans=ans, **heads)
+                                       matched_label=matched_label, obj_labels=obj_labels,
+                                       ans=ans, feat_num_boxes=num_boxes, **heads)
       loss = sum(terms.values(), jnp.zeros((), jnp.float32))
     return LxmertForPreTrainingOutput(**vars(base), **heads, loss=loss, loss_terms=terms)
 

@@ -24,6 +24,9 @@ IGNORE_INDEX = -100
 # Names of the per-task loss terms, in the order of the original's stacked
 # loss vector (Mask_LM, Matched, Obj, Attr, Feat, QA).
 LOSS_TERMS = ("mlm", "matched", "obj", "attr", "feat", "qa")
+# Batch key set when the feature targets hold only the masked boxes (see
+# `masked_decoding`): the number of boxes the feature loss averages over.
+FEAT_NUM_BOXES = "feat_num_boxes"
 
 
 def cross_entropy_sum(logits: Array, labels: Array) -> tuple[Array, Array]:
@@ -48,27 +51,6 @@ def mean_cross_entropy(logits: Array, labels: Array) -> Array:
   return total / jnp.maximum(count, 1.0)
 
 
-def gather_masked_positions(labels: Array, capacity: int) -> tuple[Array, Array, Array]:
-  """Flat indices of the labelled text positions, padded to a static size.
-
-  Args:
-    labels: [B, T] masked-LM labels (negative = not masked).
-    capacity: the static number K of positions to return.
-
-  Returns:
-    (positions [K] into the flattened B*T positions, their labels [K] with
-    padding slots set to IGNORE_INDEX, and a boolean that is True when more
-    than K positions were labelled, in which case some were left out and the
-    caller must fall back to all positions).
-  """
-  flat = labels.reshape(-1)
-  valid = flat >= 0
-  (positions,) = jnp.nonzero(valid, size=capacity, fill_value=0)
-  filled = jnp.arange(capacity) < jnp.sum(valid)
-  gathered = jnp.where(filled, flat[positions], IGNORE_INDEX)
-  return positions, gathered, jnp.sum(valid) > capacity
-
-
 def visual_label_loss(logits: Array, labels: Array, weights: Array,
                       normalizer: float) -> Array:
   """Confidence-weighted per-box cross-entropy, mean over all boxes.
@@ -86,11 +68,22 @@ def visual_label_loss(logits: Array, labels: Array, weights: Array,
 
 
 def feature_regression_loss(prediction: Array, target: Array, mask: Array,
-                            normalizer: float) -> Array:
-  """SmoothL1 (beta 1) averaged over features, on masked boxes, mean over all boxes."""
+                            normalizer: float, num_boxes: Optional[int] = None) -> Array:
+  """SmoothL1 (beta 1) averaged over features, on masked boxes, mean over all boxes.
+
+  Args:
+    prediction, target: [..., F] decoded and original features.
+    mask: [...] box weights (1 on masked boxes).
+    normalizer: the visual loss factor.
+    num_boxes: the number of boxes to average over, when `prediction` holds
+      only some of them (the masked ones); default: every box given.
+  """
   per_box = jnp.mean(optax.huber_loss(prediction.astype(jnp.float32),
                                       target.astype(jnp.float32), delta=1.0), axis=-1)
-  return jnp.mean(per_box * mask.astype(jnp.float32)) * normalizer
+  weighted = per_box * mask.astype(jnp.float32)
+  if num_boxes is None:
+    return jnp.mean(weighted) * normalizer
+  return jnp.sum(weighted) / num_boxes * normalizer
 
 
 def soft_target_bce_loss(logits: Array, targets: Array) -> Array:
@@ -107,12 +100,15 @@ def pretraining_terms(config: LxmertConfig, *, prediction_logits: Optional[Array
                       masked_lm_labels: Optional[Array] = None,
                       matched_label: Optional[Array] = None,
                       obj_labels: Optional[Mapping[str, tuple[Array, Array]]] = None,
-                      ans: Optional[Array] = None) -> dict[str, Array]:
+                      ans: Optional[Array] = None,
+                      feat_num_boxes: Optional[int] = None) -> dict[str, Array]:
   """The per-task pre-training losses whose labels are given and tasks enabled.
 
   Mirrors transformers' `LxmertForPreTraining.forward`: a term is computed
   only when its labels are passed and its `task_*` switch is on; `obj_labels`
   maps each visual loss name to `(labels_or_targets, weights_or_mask)`.
+  `feat_num_boxes`: see `feature_regression_loss` (set when the feature
+  decoder ran on gathered boxes only).
   """
   terms: dict[str, Array] = {}
   if masked_lm_labels is not None and config.task_mask_lm:
@@ -124,7 +120,8 @@ def pretraining_terms(config: LxmertConfig, *, prediction_logits: Optional[Array
     for key in config.visual_losses:
       target, weight = obj_labels[key]
       if key == "feat":
-        terms[key] = feature_regression_loss(visual_prediction[key], target, weight, norm)
+        terms[key] = feature_regression_loss(visual_prediction[key], target, weight, norm,
+                                             feat_num_boxes)
       else:
         terms[key] = visual_label_loss(visual_prediction[key], target, weight, norm)
   if ans is not None and config.task_qa:
@@ -160,7 +157,8 @@ def pretraining_losses(outputs: Any, batch: Mapping[str, Array], config: LxmertC
       question_answering_score=outputs.question_answering_score,
       visual_prediction=outputs.visual_prediction,
       masked_lm_labels=batch["masked_lm_labels"], matched_label=batch["matched_label"],
-      obj_labels=batch_visual_labels(batch), ans=batch["ans"])
+      obj_labels=batch_visual_labels(batch), ans=batch["ans"],
+      feat_num_boxes=batch.get(FEAT_NUM_BOXES))
   weights = weights or {}
   total = sum(terms[k] * weights.get(k, 1.0) for k in terms)
   return jnp.asarray(total, jnp.float32), terms

@@ -13,7 +13,6 @@ run before its state can be written, leaving the last good checkpoint.
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 import time
@@ -28,7 +27,8 @@ import ml_collections
 import numpy as np
 import optax
 
-from lxmert_jax import checkpointing, init_weights, losses, objective, optim
+from lxmert_jax import checkpointing, init_weights, masked_decoding, objective, optim
+from lxmert_jax import prefetch
 from lxmert_jax import data as data_lib
 from lxmert_jax import sharding as sharding_lib
 from lxmert_jax import train_state as ts
@@ -192,31 +192,29 @@ def features_as_float32(batch: Batch) -> Batch:
 
 def loss_fn(model: nn.Module, model_config: LxmertConfig, params: Any, batch: Batch,
             key: jax.Array, weights: Mapping[str, jax.Array], *, deterministic: bool,
-            mlm_fraction: float = 0.0) -> tuple[jax.Array, dict[str, jax.Array]]:
+            mlm_fraction: float = 0.0, feat_fraction: float = 0.0
+            ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """The weighted pre-training loss of a batch and its metrics.
 
   Args:
-    mlm_fraction: when > 0, the masked-LM decoder (a [B*T, D] x [D, V]
-      matmul, the largest in the model) runs only on up to this fraction of
-      the B*T text positions, gathered from the labelled ones. A batch with
-      more labelled positions falls back to decoding every position, so the
-      loss is the same either way.
+    mlm_fraction, feat_fraction: when > 0, the masked-LM decoder (the
+      largest matmul in the model) and the feature-regression decoder run
+      only on up to this fraction of the B*T text positions / B*O boxes,
+      gathered from the masked ones (`masked_decoding`). A batch with more
+      masked rows falls back to decoding every row, so the loss is the same
+      either way; `decode_fallback` in the metrics is 1 for such a batch.
   """
   batch = features_as_float32(batch)
   inputs = {k: batch[k] for k in MODEL_INPUTS}
 
-  def run(mlm_positions, mlm_batch):
-    outputs = model.apply({"params": params}, **inputs, mlm_positions=mlm_positions,
+  def run(positions, labels_batch):
+    outputs = model.apply({"params": params}, **inputs, **positions,
                           deterministic=deterministic, rngs={"dropout": key})
-    return objective.compute(outputs, mlm_batch, model_config, weights)
+    return objective.compute(outputs, labels_batch, model_config, weights)
 
-  if mlm_fraction <= 0 or not model_config.task_mask_lm:
-    return run(None, batch)
-  labels = batch["masked_lm_labels"]
-  capacity = max(1, math.ceil(mlm_fraction * labels.size))
-  positions, gathered, overflow = losses.gather_masked_positions(labels, capacity)
-  return jax.lax.cond(overflow, lambda: run(None, batch),
-                      lambda: run(positions, {**batch, "masked_lm_labels": gathered}))
+  (loss, metrics), fallback = masked_decoding.with_masked_decoding(
+      run, batch, model_config, mlm_fraction=mlm_fraction, feat_fraction=feat_fraction)
+  return loss, dict(metrics, decode_fallback=fallback.astype(jnp.float32))
 
 
 def _split_microbatches(batch: Batch, num: int) -> Batch:
@@ -234,7 +232,8 @@ def _split_microbatches(batch: Batch, num: int) -> Batch:
 def grads_and_metrics(model: nn.Module, model_config: LxmertConfig, params: Any,
                       batch: Batch, key: jax.Array, weights: Mapping[str, jax.Array],
                       grad_accum_steps: int, nan_at_step: Optional[jax.Array] = None,
-                      mlm_fraction: float = 0.0) -> tuple[Any, dict[str, jax.Array]]:
+                      mlm_fraction: float = 0.0, feat_fraction: float = 0.0
+                      ) -> tuple[Any, dict[str, jax.Array]]:
   """Gradients of the loss (averaged over micro-batches) and summed metrics.
 
   With `grad_accum_steps` = k > 1 the batch is processed as k micro-batches
@@ -244,12 +243,12 @@ def grads_and_metrics(model: nn.Module, model_config: LxmertConfig, params: Any,
   Args:
     nan_at_step: a boolean scalar; when true the loss is replaced by NaN.
       This is the `debug_nan_at_step` test hook for the non-finite guard.
-    mlm_fraction: see `loss_fn`.
+    mlm_fraction, feat_fraction: see `loss_fn`.
   """
   def value_and_grad(p, b, k):
     def f(p_):
       loss, metrics = loss_fn(model, model_config, p_, b, k, weights, deterministic=False,
-                              mlm_fraction=mlm_fraction)
+                              mlm_fraction=mlm_fraction, feat_fraction=feat_fraction)
       if nan_at_step is not None:
         loss = jnp.where(nan_at_step, jnp.nan, loss)
         metrics = dict(metrics, loss=loss)
@@ -298,7 +297,7 @@ def make_train_step(model: nn.Module, model_config: LxmertConfig,
     grads, metrics = grads_and_metrics(
         model, model_config, state.params, batch, state.step_key(), weights,
         config.grad_accum_steps, nan_at_step=state.step == nan_step if nan_step >= 0 else None,
-        mlm_fraction=config.mlm_decode_fraction)
+        mlm_fraction=config.mlm_decode_fraction, feat_fraction=config.feat_decode_fraction)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics.update(grad_norm=optax.tree.norm(grads), lr=schedule(state.step))
@@ -319,7 +318,8 @@ def make_eval_step(model: nn.Module, model_config: LxmertConfig,
   def eval_step(state: ts.TrainState, batch: Batch):
     weights = objective.loss_weights(config.objective, state.step, steps_per_epoch)
     _, metrics = loss_fn(model, model_config, state.params, batch, state.step_key(),
-                         weights, deterministic=True, mlm_fraction=config.mlm_decode_fraction)
+                         weights, deterministic=True, mlm_fraction=config.mlm_decode_fraction,
+                         feat_fraction=config.feat_decode_fraction)
     return metrics
 
   return jax.jit(eval_step, in_shardings=(state_shardings, sharding_lib.batch_sharding(mesh)),
@@ -491,7 +491,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   tx, schedule = optim.make_optimizer(config.optimizer, total_steps)
   abstract, shardings = ts.state_shardings(model, model_config, tx, mesh, rules)
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), config.ckpt)
-  train_iter = data.train_iterator()
+  batch_sh = sharding_lib.batch_sharding(mesh)
+  # Checkpoints save this iterator's position: the batches handed to the loop.
+  train_iter = prefetch.DevicePrefetcher(
+      data.train_iterator(), lambda b: sharding_lib.global_batch(b, batch_sh),
+      size=config.data.device_prefetch)
   # Outside the mesh context: see `create_train_state`.
   state = _restore_or_init(config, ckpt, model, model_config, tx, abstract, shardings,
                            train_iter)
@@ -503,7 +507,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   train_step = make_train_step(model, model_config, tx, schedule, config, steps_per_epoch,
                                shardings, mesh)
   eval_step = make_eval_step(model, model_config, config, steps_per_epoch, shardings, mesh)
-  batch_sh = sharding_lib.batch_sharding(mesh)
   writer = MetricsWriter(workdir, total_steps, start, progress_bar=config.progress_bar)
   writer.log(f"{sharding_lib.describe(mesh)}; global batch {config.batch_size}; model "
              f"{ts.count_params(state.params):,} parameters; {total_steps} steps "
@@ -518,8 +521,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
       pending = None
       while step < total_steps:
-        batch = sharding_lib.global_batch(next(train_iter), batch_sh)
-        state, metrics = train_step(state, batch)
+        state, metrics = train_step(state, next(train_iter))
         step += 1
         # Read the previous step's metrics while this one runs.
         if pending is not None:
@@ -558,6 +560,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         f"{e}; stopping. Last good checkpoint: "
         f"{'none' if last_good is None else f'step {last_good}'} in {ckpt.directory}") from e
   finally:
+    train_iter.close()
     ckpt.close()
     preempt.restore_handler()
     writer.close()

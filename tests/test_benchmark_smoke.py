@@ -21,6 +21,7 @@ if str(ROOT) not in sys.path:
   sys.path.insert(0, str(ROOT))
 
 from benchmarks import workload  # pylint: disable=wrong-import-position
+from lxmert_jax import masked_decoding  # pylint: disable=wrong-import-position
 from lxmert_jax.configuration import LxmertConfig  # pylint: disable=wrong-import-position
 from lxmert_jax.heads import LxmertForPreTraining  # pylint: disable=wrong-import-position
 from lxmert_jax.modeling import dummy_inputs  # pylint: disable=wrong-import-position
@@ -47,12 +48,14 @@ def test_tiny_run_produces_results_and_passes_checks(tmp_path):
     for part in ("train", "infer"):
       assert run[part]["examples_per_s"] > 0, (run["side"], part)
       assert run[part]["median_ms"] > 0
-  assert runs["ours"]["train"]["mlm_positions"] < runs["torch-eager"]["train"]["mlm_positions"]
-  assert not runs["ours"]["train"]["mlm_fallback"]
+  for rows in ("mlm_positions", "feat_boxes"):
+    assert runs["ours"]["train"][rows] < runs["torch-eager"]["train"][rows]
+  assert not runs["ours"]["train"]["decode_fallback"]
   check = report["check"]
   assert check["fp32"]["passed"], check["fp32"]
   assert max(check["fp32"]["max_rel_error"].values()) <= 1e-4
-  assert "loss/mlm (decoder on gathered positions)" in check["fp32"]["max_rel_error"]
+  for key in ("mlm", "feat"):
+    assert f"loss/{key} (decoder on gathered rows)" in check["fp32"]["max_rel_error"]
   assert check["bf16"]["passed"], check["bf16"]
   assert report["environment"]["versions"]["jax"] == jax.__version__
 
@@ -110,8 +113,11 @@ def test_max_batch_search_without_memory_estimates_doubles_then_bisects():
   assert [p.batch for p in probes][:5] == [64, 128, 256, 512, 1024]
 
 
-def test_default_mlm_capacity_holds_the_masked_positions():
-  cap = workload.mlm_capacity(256, 20, 0.25)
-  assert cap == 1280 and workload.mlm_capacity(256, 20, 0.0) is None
+def test_default_decode_slots_hold_the_masked_rows():
+  mlm_slots = masked_decoding.capacity(0.25, 256 * 20)
+  feat_slots = masked_decoding.capacity(0.25, 256 * 36)
+  assert (mlm_slots, feat_slots) == (1280, 2304)
+  assert masked_decoding.capacity(0.0, 256 * 20) is None
   batch = workload.synthetic_batch(LxmertConfig(), 256, 20, 36, seed=3)
-  assert (batch["masked_lm_labels"] >= 0).sum() <= cap
+  assert (batch["masked_lm_labels"] >= 0).sum() <= mlm_slots
+  assert (batch["feat_mask"] > 0).sum() <= feat_slots

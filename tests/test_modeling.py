@@ -11,7 +11,7 @@ import pytest
 from absl.testing import parameterized
 
 import lxmert_jax
-from lxmert_jax import checkpoint_io
+from lxmert_jax import checkpoint_io, masked_decoding
 from lxmert_jax.configuration import LxmertConfig
 from model_utils import TINY, max_rel_error, random_inputs
 
@@ -194,12 +194,41 @@ def test_masked_lm_on_gathered_positions_gives_the_same_loss():
   labels = np.full((3, 9), -100)
   labels[0, 2], labels[1, 5], labels[2, 1], labels[2, 7] = 4, 9, 11, 0
   full = model.apply({"params": params}, **inputs, labels=labels)
-  positions, gathered, overflow = lxmert_jax.losses.gather_masked_positions(labels, 6)
+  positions, gathered, overflow = masked_decoding.gather_masked_positions(labels, 6)
   assert not overflow
   part = model.apply({"params": params}, **inputs, labels=gathered, mlm_positions=positions)
   assert part.prediction_logits.shape == (6, TINY["vocab_size"])
   np.testing.assert_allclose(part.loss_terms["mlm"], full.loss_terms["mlm"], rtol=1e-6)
-  assert lxmert_jax.losses.gather_masked_positions(labels, 3)[2]
+  assert masked_decoding.gather_masked_positions(labels, 3)[2]
+
+
+def test_feature_decoder_on_gathered_boxes_gives_the_same_loss_and_predictions():
+  cfg = LxmertConfig(**TINY)
+  model = lxmert_jax.LxmertForPreTraining(cfg)
+  inputs = random_inputs(3)
+  params = init(model, inputs)
+  rng = np.random.default_rng(4)
+  targets = rng.normal(size=(3, 5, TINY["visual_feat_dim"])).astype(np.float32)
+  mask = np.zeros((3, 5), np.float32)
+  mask[0, 1], mask[1, 4], mask[2, 0], mask[2, 3] = 1, 1, 1, 1
+  obj = {"obj": (np.zeros((3, 5), np.int32), np.ones((3, 5), np.float32)),
+         "attr": (np.zeros((3, 5), np.int32), np.ones((3, 5), np.float32))}
+  full = model.apply({"params": params}, **inputs, obj_labels=dict(obj, feat=(targets, mask)))
+  positions, gathered, gathered_mask, overflow = masked_decoding.gather_masked_boxes(
+      targets, mask, 6)
+  assert not overflow
+  np.testing.assert_array_equal(positions[:4], [1, 9, 10, 13])
+  np.testing.assert_array_equal(gathered_mask, [1, 1, 1, 1, 0, 0])
+  part = model.apply({"params": params}, **inputs, feat_positions=positions,
+                     obj_labels=dict(obj, feat=(gathered, gathered_mask)))
+  feat = part.visual_prediction["feat"]
+  assert feat.shape == (6, TINY["visual_feat_dim"])
+  full_rows = np.asarray(full.visual_prediction["feat"]).reshape(15, -1)[[1, 9, 10, 13]]
+  np.testing.assert_allclose(feat[:4], full_rows, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(part.loss_terms["feat"], full.loss_terms["feat"], rtol=1e-6)
+  assert full.loss_terms["feat"] > 0
+  np.testing.assert_allclose(part.loss_terms["obj"], full.loss_terms["obj"], rtol=1e-6)
+  assert masked_decoding.gather_masked_boxes(targets, mask, 3)[3]
 
 
 def test_fused_attention_matches_the_reference_without_dropout():
@@ -212,3 +241,34 @@ def test_fused_attention_matches_the_reference_without_dropout():
   assert max_rel_error(fused.prediction_logits, ref.prediction_logits) < 1e-5
   with pytest.raises(ValueError, match="output_attentions needs"):
     fused_model.apply({"params": params}, **inputs, output_attentions=True)
+
+
+@pytest.mark.parametrize("seq_len, accepted", [(20, True), (21, False)])
+def test_cudnn_attention_passes_cudnns_input_checks(monkeypatch, seq_len, accepted):
+  """cuDNN's own shape, dtype and layout checks accept the model's training gradient.
+
+  The checks run while tracing; only the cuDNN version and GPU generation
+  probes need a GPU, so they are answered as on an H100 with cuDNN 9.10.
+  cuDNN needs even sequence lengths when training with a mask: an odd one is
+  refused, which shows the checks are live.
+  """
+  fused = pytest.importorskip("jax._src.cudnn.fused_attention_stablehlo")
+  monkeypatch.setattr(fused, "check_cudnn_version", lambda: 91000)
+  monkeypatch.setattr(fused, "check_compute_capability", lambda capability: True)
+  cfg = LxmertConfig(**TINY).replace(dtype="bfloat16", attention_implementation="cudnn")
+  model = lxmert_jax.LxmertForPreTraining(cfg)
+  inputs = random_inputs(2, seq_len=seq_len, num_objects=36)
+  assert inputs["attention_mask"].min() == 0  # padded text: the mask is passed
+
+  def loss(params):
+    out = model.apply({"params": params}, **inputs, deterministic=False,
+                      rngs={"dropout": jax.random.key(1)})
+    return out.language_output.astype(jnp.float32).sum()
+
+  params = nn.unbox(jax.eval_shape(lambda: model.init(jax.random.key(0), **inputs))["params"])
+  if accepted:
+    grads = jax.eval_shape(jax.grad(loss), params)
+    assert jax.tree.structure(grads) == jax.tree.structure(params)
+  else:
+    with pytest.raises(NotImplementedError, match="Unsupported sequence length"):
+      jax.eval_shape(jax.grad(loss), params)

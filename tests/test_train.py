@@ -107,25 +107,28 @@ def test_gradient_accumulation_averages_microbatch_gradients():
   assert float(metrics["mlm_count"]) == float(parts[0][1]["mlm_count"] + parts[1][1]["mlm_count"])
 
 
-def test_decoding_gathered_mlm_positions_keeps_loss_and_gradients():
+def test_decoding_gathered_masked_rows_keeps_loss_and_gradients():
   model = LxmertForPreTraining(STEP_CFG)
   params = _params(model, STEP_CFG)
   batch = jax.tree.map(jnp.asarray, _batch())
+  assert 0 < int(jnp.sum(batch["feat_mask"] > 0)) < batch["feat_mask"].size
   weights = {k: jnp.float32(1.0) for k in objective.TASKS}
   key = jax.random.key(0)
+  # (MLM, feature) fractions: off; room for every masked row (gathered); too
+  # little room for the MLM labels, then for the masked boxes (falls back).
+  fractions = ((0.0, 0.0), (0.6, 0.6), (0.05, 0.6), (0.6, 0.01))
 
-  def all_three(p):
-    out = []
-    # Off; room for every label (gathered); too little room (falls back).
-    for fraction in (0.0, 0.6, 0.05):
-      out.append(train.grads_and_metrics(model, STEP_CFG, p, batch, key, weights, 1,
-                                         mlm_fraction=fraction))
-    return out
+  def each(p):
+    return [train.grads_and_metrics(model, STEP_CFG, p, batch, key, weights, 1,
+                                    mlm_fraction=mlm, feat_fraction=feat)
+            for mlm, feat in fractions]
 
   with jax.default_matmul_precision("float32"):
-    (g0, m0), (g1, m1), (g2, m2) = jax.jit(all_three)(params)
-  for grads, metrics in ((g1, m1), (g2, m2)):
+    (g0, m0), *others = jax.jit(each)(params)
+  assert [float(m["decode_fallback"]) for _, m in others] == [0.0, 1.0, 1.0]
+  for grads, metrics in others:
     assert float(metrics["loss"]) == pytest.approx(float(m0["loss"]), rel=1e-6)
+    assert float(metrics["loss/feat"]) == pytest.approx(float(m0["loss/feat"]), rel=1e-6)
     assert float(metrics["mlm_correct"]) == float(m0["mlm_correct"])
     assert float(metrics["mlm_count"]) == float(m0["mlm_count"])
     diff = max(float(jnp.max(jnp.abs(a - b)))

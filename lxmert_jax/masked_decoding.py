@@ -1,0 +1,144 @@
+"""Running the masked-LM and feature-regression decoders only where a loss reads them.
+
+Two pre-training decoders produce far more than their losses use. The
+masked-LM decoder ([B*T, D] x [D, 30,522], the largest matmul of the model)
+is scored only at the ~15% masked word pieces, and the feature-regression
+decoder ([B*O, D] x [D, 2,048]) only at the ~15% masked boxes. Gathering
+those rows into a static number of slots before decoding skips the rest; the
+losses are the same sums over the same rows.
+
+Shapes must be static under `jit`, so the number of slots is a fixed
+fraction of the rows. A batch with more masked rows than slots takes, through
+`lax.cond`, the branch that decodes every row: the loss and its gradients are
+exactly those of the full decoders either way. The price is a second copy of
+the model in the compiled step (about twice the compile time).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Mapping, Optional, TypeVar
+
+import jax
+import jax.numpy as jnp
+
+from lxmert_jax import losses
+from lxmert_jax.configuration import LxmertConfig
+
+Array = jax.Array
+Batch = Mapping[str, Array]
+Result = TypeVar("Result")
+
+
+def capacity(fraction: float, num_rows: int) -> Optional[int]:
+  """Slots for `fraction` of `num_rows` rows: ceil(fraction * rows), None when off."""
+  return max(1, math.ceil(fraction * num_rows)) if fraction > 0 else None
+
+
+def gather_rows(valid: Array, num_slots: int) -> tuple[Array, Array, Array]:
+  """Flat indices of the True entries of `valid`, padded to a static size.
+
+  Args:
+    valid: boolean array of any shape, read in row-major order.
+    num_slots: the static number K of indices to return.
+
+  Returns:
+    (indices [K] into `valid.reshape(-1)`, padding slots pointing at row 0;
+    filled [K], True for the slots that hold a valid row; overflow, True when
+    more than K entries were valid and some were left out).
+  """
+  flat = valid.reshape(-1)
+  (indices,) = jnp.nonzero(flat, size=num_slots, fill_value=0)
+  count = jnp.sum(flat)
+  return indices, jnp.arange(num_slots) < count, count > num_slots
+
+
+def gather_masked_positions(labels: Array, num_slots: int) -> tuple[Array, Array, Array]:
+  """The labelled text positions of masked-LM `labels` [B, T], in `num_slots` slots.
+
+  Returns:
+    (positions [K] into the flattened B*T positions, their labels [K] with
+    padding slots set to IGNORE_INDEX, overflow: more than K were labelled).
+  """
+  flat = labels.reshape(-1)
+  positions, filled, overflow = gather_rows(flat >= 0, num_slots)
+  return positions, jnp.where(filled, flat[positions], losses.IGNORE_INDEX), overflow
+
+
+def gather_masked_boxes(feat_targets: Array, feat_mask: Array, num_slots: int
+                        ) -> tuple[Array, Array, Array, Array]:
+  """The masked boxes' regression targets, in `num_slots` slots.
+
+  Args:
+    feat_targets: [B, O, F] the boxes' original features.
+    feat_mask: [B, O], non-zero on the boxes whose features were masked.
+    num_slots: the static number K of slots.
+
+  Returns:
+    (positions [K] into the flattened B*O boxes, targets [K, F], mask [K]
+    (the box's mask value, 0 in padding slots), overflow).
+  """
+  flat_mask = feat_mask.reshape(-1)
+  positions, filled, overflow = gather_rows(flat_mask != 0, num_slots)
+  targets = feat_targets.reshape(-1, feat_targets.shape[-1])[positions]
+  mask = jnp.where(filled, flat_mask[positions], jnp.zeros((), flat_mask.dtype))
+  return positions, targets, mask, overflow
+
+
+def with_masked_decoding(run: Callable[[Mapping[str, Array], Batch], Result], batch: Batch,
+                         config: LxmertConfig, *, mlm_fraction: float,
+                         feat_fraction: float) -> tuple[Result, Array]:
+  """`run(positions, batch)` with the decoders restricted to the masked rows.
+
+  Args:
+    run: computes the model and its losses. `positions` holds the keyword
+      arguments for `LxmertForPreTraining` (`mlm_positions`,
+      `feat_positions`), empty for full decoding; the batch it gets has the
+      labels of the gathered rows in place of the full ones (see
+      `gathered_batch`).
+    batch: a pre-training batch (`masked_lm_labels`, `feat_targets`,
+      `feat_mask`, ...).
+    config: the model config; a decoder whose task is off is not gathered.
+    mlm_fraction: slots for the masked-LM decoder, as a fraction of B*T
+      (0: decode every position).
+    feat_fraction: slots for the feature-regression decoder, as a fraction
+      of B*O (0: decode every box).
+
+  Returns:
+    (`run`'s result, fallback): the result is the gathered branch's, or the
+    full branch's when the batch has more masked rows than slots, in which
+    case `fallback` is True.
+  """
+  mlm_slots = (capacity(mlm_fraction, batch["masked_lm_labels"].size)
+               if config.task_mask_lm else None)
+  feat_on = config.task_obj_predict and "feat" in config.visual_losses
+  feat_slots = capacity(feat_fraction, batch["feat_mask"].size) if feat_on else None
+  if mlm_slots is None and feat_slots is None:
+    return run({}, batch), jnp.zeros((), bool)
+  positions, gathered, overflow = gathered_batch(batch, mlm_slots, feat_slots)
+  result = jax.lax.cond(overflow, lambda: run({}, batch), lambda: run(positions, gathered))
+  return result, overflow
+
+
+def gathered_batch(batch: Batch, mlm_slots: Optional[int], feat_slots: Optional[int]
+                   ) -> tuple[dict[str, Array], dict[str, Array], Array]:
+  """(model keyword arguments, batch with gathered labels, overflow) for the given slots.
+
+  The gathered batch holds `masked_lm_labels` [K_mlm] and `feat_targets`
+  [K_feat, F] / `feat_mask` [K_feat] for the gathered rows, and
+  `feat_num_boxes`, the B*O boxes the feature loss averages over (as the
+  reference does, unmasked boxes counting as zeros).
+  """
+  positions: dict[str, Array] = {}
+  out = dict(batch)
+  overflow = jnp.zeros((), bool)
+  if mlm_slots is not None:
+    positions["mlm_positions"], out["masked_lm_labels"], over = gather_masked_positions(
+        batch["masked_lm_labels"], mlm_slots)
+    overflow = overflow | over
+  if feat_slots is not None:
+    positions["feat_positions"], out["feat_targets"], out["feat_mask"], over = (
+        gather_masked_boxes(batch["feat_targets"], batch["feat_mask"], feat_slots))
+    out[losses.FEAT_NUM_BOXES] = batch["feat_mask"].size
+    overflow = overflow | over
+  return positions, out, overflow
