@@ -10,6 +10,10 @@
 #   max-batch  the largest batch our train step fits
 #   all        the three above in one run; what the time budget leaves out
 #              is listed as not measured
+#   data       the input pipeline on this host's cores: batch assembly per
+#              core and with $DATA_WORKERS (default 8) grain worker processes
+#              (benchmarks/data_throughput.py; needs the package's own
+#              dependencies: grain, tensorflow-datasets, array-record, ...)
 # Each part is sized for one call of at most 10 minutes on an H100 when
 # nothing is compiled yet; compiled programs are cached under $BENCH_CACHE
 # (default /tmp/lxmert_jax_bench_cache), so later parts and reruns on the same
@@ -37,7 +41,8 @@ case "$part" in
   levers) flags=(--sides ours --no-infer --no-check --ladder) ;;
   max-batch) flags=(--sides none --no-check --max-batch) ;;
   all) flags=(--ladder --max-batch) ;;
-  *) echo "unknown part '$part': expected table, levers, max-batch or all" >&2; exit 2 ;;
+  data) flags=() ;;
+  *) echo "unknown part '$part': expected table, levers, max-batch, all or data" >&2; exit 2 ;;
 esac
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -62,5 +67,10 @@ export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$cache/inductor}
     "import jax; jax.print_environment_info()" || true
 } > "$out/environment.txt" 2>&1
 
+if [[ $part == data ]]; then
+  "$py" benchmarks/data_throughput.py --workers "${DATA_WORKERS:-8}" --batch-size 256 \
+    --data-dir "$cache/data" "$@" 2>&1 | tee "$out/log-data.txt"
+  exit "${PIPESTATUS[0]}"
+fi
 "$py" -m benchmarks.train_step "${flags[@]}" --time-budget "${TIME_BUDGET:-520}" \
   --out "$out/results-$part.json" "$@" 2>&1 | tee "$out/log-$part.txt"

@@ -123,6 +123,9 @@ def _synthetic(config: ml_collections.ConfigDict, images: int) -> None:
   config.data.demo_images = images
   config.data.num_objects = 10
   config.data.max_seq_length = 20
+  # CPU runs: the batches are already where the step runs, and a reading
+  # thread would compete with the step for the cores.
+  config.data.device_prefetch = 0
   config.objective.qa_start_epoch = 0
   config.objective.weights.qa = 1.0
 
