@@ -118,28 +118,31 @@ def make_train_step(model: nn.Module, config: LxmertConfig, tx: optax.GradientTr
   variant's decode fractions, the MLM and feature-regression decoders run on
   the gathered masked rows unless a batch has more of them than slots, in
   which case `lax.cond` takes the full branch (`decode_fallback` in the
-  metrics says which ran).
+  metrics says which ran); gradients are taken inside the branches, as in
+  `train.grads_and_metrics`.
   """
 
-  def loss_fn(params, batch, key):
+  def grads_and_metrics(params, batch, key):
     inputs = {k: batch[k] for k in workload.MODEL_INPUTS}
 
     def run(positions, labelled):
-      outputs = model.apply({"params": params}, **inputs, **positions,
-                            deterministic=False, rngs={"dropout": key})
-      total, terms = losses.pretraining_losses(outputs, labelled, config)
-      return total, {"loss": total, **{f"loss/{k}": v for k, v in terms.items()},
-                     **losses.pretraining_metrics(outputs, labelled)}
+      def loss_fn(p):
+        outputs = model.apply({"params": p}, **inputs, **positions,
+                              deterministic=False, rngs={"dropout": key})
+        total, terms = losses.pretraining_losses(outputs, labelled, config)
+        return total, {"loss": total, **{f"loss/{k}": v for k, v in terms.items()},
+                       **losses.pretraining_metrics(outputs, labelled)}
+      (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+      return grads, metrics
 
-    (total, metrics), fallback = masked_decoding.with_masked_decoding(
+    (grads, metrics), fallback = masked_decoding.with_masked_decoding(
         run, batch, config, mlm_fraction=variant.mlm_fraction,
         feat_fraction=variant.feat_fraction)
-    return total, dict(metrics, decode_fallback=fallback)
+    return grads, dict(metrics, decode_fallback=fallback)
 
   def step(state, batch):
     key = jax.random.fold_in(state["rng"], state["step"])
-    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state["params"], batch, key)
+    grads, metrics = grads_and_metrics(state["params"], batch, key)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     metrics["grad_norm"] = optax.tree.norm(grads)

@@ -190,11 +190,22 @@ def features_as_float32(batch: Batch) -> Batch:
                       if k in batch}}
 
 
+def _model_loss(model: nn.Module, model_config: LxmertConfig, params: Any, batch: Batch,
+                labels: Batch, positions: Mapping[str, jax.Array], key: jax.Array,
+                weights: Mapping[str, jax.Array], deterministic: bool
+                ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """The model on `batch`'s inputs, scored against `labels` (full or gathered)."""
+  inputs = {k: batch[k] for k in MODEL_INPUTS}
+  outputs = model.apply({"params": params}, **inputs, **positions,
+                        deterministic=deterministic, rngs={"dropout": key})
+  return objective.compute(outputs, labels, model_config, weights)
+
+
 def loss_fn(model: nn.Module, model_config: LxmertConfig, params: Any, batch: Batch,
             key: jax.Array, weights: Mapping[str, jax.Array], *, deterministic: bool,
             mlm_fraction: float = 0.0, feat_fraction: float = 0.0
             ) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """The weighted pre-training loss of a batch and its metrics.
+  """The weighted pre-training loss of a batch and its metrics (no gradients).
 
   Args:
     mlm_fraction, feat_fraction: when > 0, the masked-LM decoder (the
@@ -205,12 +216,10 @@ def loss_fn(model: nn.Module, model_config: LxmertConfig, params: Any, batch: Ba
       either way; `decode_fallback` in the metrics is 1 for such a batch.
   """
   batch = features_as_float32(batch)
-  inputs = {k: batch[k] for k in MODEL_INPUTS}
 
-  def run(positions, labels_batch):
-    outputs = model.apply({"params": params}, **inputs, **positions,
-                          deterministic=deterministic, rngs={"dropout": key})
-    return objective.compute(outputs, labels_batch, model_config, weights)
+  def run(positions, labels):
+    return _model_loss(model, model_config, params, batch, labels, positions, key, weights,
+                       deterministic)
 
   (loss, metrics), fallback = masked_decoding.with_masked_decoding(
       run, batch, model_config, mlm_fraction=mlm_fraction, feat_fraction=feat_fraction)
@@ -246,15 +255,24 @@ def grads_and_metrics(model: nn.Module, model_config: LxmertConfig, params: Any,
     mlm_fraction, feat_fraction: see `loss_fn`.
   """
   def value_and_grad(p, b, k):
-    def f(p_):
-      loss, metrics = loss_fn(model, model_config, p_, b, k, weights, deterministic=False,
-                              mlm_fraction=mlm_fraction, feat_fraction=feat_fraction)
-      if nan_at_step is not None:
-        loss = jnp.where(nan_at_step, jnp.nan, loss)
-        metrics = dict(metrics, loss=loss)
-      return loss, metrics
-    (_, metrics), grads = jax.value_and_grad(f, has_aux=True)(p)
-    return grads, metrics
+    b = features_as_float32(b)
+
+    # Gradients are taken inside each branch of `with_masked_decoding`'s
+    # `lax.cond`, never of the cond: see `masked_decoding`.
+    def run(positions, labels):
+      def f(p_):
+        loss, metrics = _model_loss(model, model_config, p_, b, labels, positions, k, weights,
+                                    deterministic=False)
+        if nan_at_step is not None:
+          loss = jnp.where(nan_at_step, jnp.nan, loss)
+          metrics = dict(metrics, loss=loss)
+        return loss, metrics
+      (_, metrics), grads = jax.value_and_grad(f, has_aux=True)(p)
+      return grads, metrics
+
+    (grads, metrics), fallback = masked_decoding.with_masked_decoding(
+        run, b, model_config, mlm_fraction=mlm_fraction, feat_fraction=feat_fraction)
+    return grads, dict(metrics, decode_fallback=fallback.astype(jnp.float32))
 
   if grad_accum_steps == 1:
     return value_and_grad(params, batch, key)
