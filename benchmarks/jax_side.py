@@ -3,8 +3,8 @@
 The train step is the computation of `lxmert_jax.train.make_train_step`,
 assembled from the same package pieces (`LxmertForPreTraining`,
 `losses.pretraining_losses` and `losses.pretraining_metrics`, which
-`objective.compute` sums, and `masked_decoding.with_masked_decoding` as
-`train.loss_fn` calls it). It is not imported from there:
+`objective.compute` sums, and `masked_decoding.pretraining_grads` as
+`train.grads_and_metrics` calls it). It is not imported from there:
 `lxmert_jax.train` needs ml_collections, grain and tensorflow_datasets at
 import time, and its step needs a mesh, sharded state and a ConfigDict, none
 of which a bare GPU image with jax, flax, optax, orbax, torch and
@@ -118,26 +118,19 @@ def make_train_step(model: nn.Module, config: LxmertConfig, tx: optax.GradientTr
   variant's decode fractions, the MLM and feature-regression decoders run on
   the gathered masked rows unless a batch has more of them than slots, in
   which case `lax.cond` takes the full branch (`decode_fallback` in the
-  metrics says which ran); gradients are taken inside the branches, as in
-  `train.grads_and_metrics`.
+  metrics says which ran); `masked_decoding.pretraining_grads` computes the
+  gradients, as in `train.grads_and_metrics`.
   """
 
   def grads_and_metrics(params, batch, key):
-    inputs = {k: batch[k] for k in workload.MODEL_INPUTS}
+    def score(heads, labels):
+      total, terms = losses.pretraining_losses(heads, labels, config)
+      return total, {"loss": total, **{f"loss/{k}": v for k, v in terms.items()},
+                     **losses.pretraining_metrics(heads, labels)}
 
-    def run(positions, labelled):
-      def loss_fn(p):
-        outputs = model.apply({"params": p}, **inputs, **positions,
-                              deterministic=False, rngs={"dropout": key})
-        total, terms = losses.pretraining_losses(outputs, labelled, config)
-        return total, {"loss": total, **{f"loss/{k}": v for k, v in terms.items()},
-                       **losses.pretraining_metrics(outputs, labelled)}
-      (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-      return grads, metrics
-
-    (grads, metrics), fallback = masked_decoding.with_masked_decoding(
-        run, batch, config, mlm_fraction=variant.mlm_fraction,
-        feat_fraction=variant.feat_fraction)
+    grads, metrics, fallback = masked_decoding.pretraining_grads(
+        model, params, {k: batch[k] for k in workload.MODEL_INPUTS}, batch, key, score,
+        mlm_fraction=variant.mlm_fraction, feat_fraction=variant.feat_fraction)
     return grads, dict(metrics, decode_fallback=fallback)
 
   def step(state, batch):

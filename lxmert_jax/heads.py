@@ -17,7 +17,7 @@ from lxmert_jax import layers, losses
 from lxmert_jax.configuration import LxmertConfig
 from lxmert_jax.modeling import LxmertModel
 from lxmert_jax.outputs import (LxmertForNLVR2Output, LxmertForPreTrainingOutput,
-                                LxmertForQuestionAnsweringOutput)
+                                LxmertForQuestionAnsweringOutput, LxmertModelOutput)
 
 Array = jax.Array
 
@@ -132,11 +132,20 @@ class LxmertForPreTraining(nn.Module):
   With labels it also returns the summed loss and its terms, with the same
   conventions as transformers (`labels` = masked-LM labels, `obj_labels` =
   `{name: (labels_or_targets, weights_or_mask)}`, `matched_label`, `ans`).
+  `encode` (the backbone) and `decode` (the heads) can also be applied on
+  their own (`model.apply(..., method=LxmertForPreTraining.decode)`), so a
+  training step can differentiate the two separately.
   """
 
   config: LxmertConfig
 
-  @nn.compact
+  def setup(self):
+    cfg = self.config
+    self.lxmert = LxmertModel(cfg)
+    self.cls = PreTrainingHeads(cfg)
+    self.obj_predict_head = VisualObjHead(cfg) if cfg.task_obj_predict else None
+    self.answer_head = AnswerHead(cfg, cfg.num_qa_labels) if cfg.task_qa else None
+
   def __call__(self, input_ids: Array, visual_feats: Array, visual_pos: Array,
                attention_mask: Optional[Array] = None,
                token_type_ids: Optional[Array] = None,
@@ -161,22 +170,16 @@ class LxmertForPreTraining(nn.Module):
     mask of those boxes.
     """
     cfg = self.config
-    backbone = LxmertModel(cfg, name="lxmert")
-    base = backbone(input_ids, visual_feats, visual_pos, attention_mask, token_type_ids,
-                    visual_attention_mask, deterministic=deterministic,
-                    output_hidden_states=output_hidden_states,
-                    output_attentions=output_attentions)
-    lang = base.language_output
-    if mlm_positions is not None:
-      lang = lang.reshape(-1, lang.shape[-1])[mlm_positions]
-    mlm, match = PreTrainingHeads(cfg, name="cls")(
-        lang, base.pooled_output, _word_embeddings(backbone))
-    visual = (VisualObjHead(cfg, name="obj_predict_head")(base.vision_output, feat_positions)
-              if cfg.task_obj_predict else None)
-    answer = (AnswerHead(cfg, cfg.num_qa_labels, name="answer_head")(base.pooled_output)
-              if cfg.task_qa else None)
-    heads = dict(prediction_logits=mlm, cross_relationship_score=match,
-                 question_answering_score=answer, visual_prediction=visual)
+    base = self.encode(input_ids, visual_feats, visual_pos, attention_mask, token_type_ids,
+                       visual_attention_mask, deterministic=deterministic,
+                       output_hidden_states=output_hidden_states,
+                       output_attentions=output_attentions)
+    out = self.decode(base.language_output, base.vision_output, base.pooled_output,
+                      mlm_positions=mlm_positions, feat_positions=feat_positions)
+    heads = dict(prediction_logits=out.prediction_logits,
+                 cross_relationship_score=out.cross_relationship_score,
+                 question_answering_score=out.question_answering_score,
+                 visual_prediction=out.visual_prediction)
     loss = terms = None
     if any(x is not None for x in (labels, obj_labels, matched_label, ans)):
       num_boxes = None if feat_positions is None else visual_feats.shape[0] * visual_feats.shape[1]
@@ -185,6 +188,38 @@ class LxmertForPreTraining(nn.Module):
                                        ans=ans, feat_num_boxes=num_boxes, **heads)
       loss = sum(terms.values(), jnp.zeros((), jnp.float32))
     return LxmertForPreTrainingOutput(**vars(base), **heads, loss=loss, loss_terms=terms)
+
+  def encode(self, input_ids: Array, visual_feats: Array, visual_pos: Array,
+             attention_mask: Optional[Array] = None,
+             token_type_ids: Optional[Array] = None,
+             visual_attention_mask: Optional[Array] = None, *,
+             deterministic: bool = True, output_hidden_states: bool = False,
+             output_attentions: bool = False) -> LxmertModelOutput:
+    """The backbone (`LxmertModel`) alone."""
+    return self.lxmert(input_ids, visual_feats, visual_pos, attention_mask, token_type_ids,
+                       visual_attention_mask, deterministic=deterministic,
+                       output_hidden_states=output_hidden_states,
+                       output_attentions=output_attentions)
+
+  def decode(self, language_output: Array, vision_output: Array, pooled_output: Array, *,
+             mlm_positions: Optional[Array] = None,
+             feat_positions: Optional[Array] = None) -> LxmertForPreTrainingOutput:
+    """The heads on the backbone's outputs (no losses; positions as in `__call__`).
+
+    Reads the word embeddings (the tied masked-LM decoder) and the heads'
+    parameters only.
+    """
+    lang = language_output
+    if mlm_positions is not None:
+      lang = lang.reshape(-1, lang.shape[-1])[mlm_positions]
+    mlm, match = self.cls(lang, pooled_output, _word_embeddings(self.lxmert))
+    visual = (self.obj_predict_head(vision_output, feat_positions)
+              if self.obj_predict_head is not None else None)
+    answer = self.answer_head(pooled_output) if self.answer_head is not None else None
+    return LxmertForPreTrainingOutput(
+        language_output=language_output, vision_output=vision_output,
+        pooled_output=pooled_output, prediction_logits=mlm, cross_relationship_score=match,
+        question_answering_score=answer, visual_prediction=visual)
 
 
 class LxmertForQuestionAnswering(nn.Module):

@@ -11,8 +11,8 @@ Shapes must be static under `jit`, so the number of slots is a fixed
 fraction of the rows. A batch with more masked rows than slots takes, through
 `lax.cond`, the branch that decodes every row: the loss and its gradients are
 exactly those of the full decoders either way. The price is a second copy of
-the model in the compiled step (about twice the compile time), and no saving
-in peak memory: XLA reserves the temporaries of the larger (full) branch.
+the heads in the compiled step, and no saving in peak memory: XLA reserves
+the temporaries of the larger (full) branch.
 
 Take gradients inside the branches (`run` returns them), not of the
 `lax.cond`: differentiating a cond makes each branch also return the other
@@ -20,13 +20,17 @@ branch's residuals, filled with zeros, so every step would write a second
 set of the model's activations. For the base model's step at batch 16 that
 raised XLA's memory estimate from 4.82 to 5.54 GB and made the step 28%
 slower on a CPU; with the gradients inside, the estimate is 4.82 GB again.
+`pretraining_grads` goes one step further: the backbone runs (forward and
+backward) once, outside the cond, and only the heads are in the branches,
+so the step compiles one copy of the backbone instead of two.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable, Mapping, Optional, TypeVar
+from typing import Any, Callable, Mapping, Optional, TypeVar
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -151,3 +155,71 @@ def gathered_batch(batch: Batch, mlm_slots: Optional[int], feat_slots: Optional[
     out[losses.FEAT_NUM_BOXES] = batch["feat_mask"].size
     overflow = overflow | over
   return positions, out, overflow
+
+
+def _head_params(params: Mapping[str, Any]) -> dict[str, Any]:
+  """The parameters `LxmertForPreTraining.decode` reads: the heads' and the word embeddings."""
+  heads = {k: v for k, v in params.items() if k != "lxmert"}
+  heads["lxmert"] = {"embeddings": {
+      "word_embeddings": params["lxmert"]["embeddings"]["word_embeddings"]}}
+  return heads
+
+
+def _add_head_grads(grads: Mapping[str, Any], head_grads: Mapping[str, Any]) -> dict[str, Any]:
+  """Backbone gradients (zero for the heads) plus the heads' (and the tied decoder's)."""
+  out = {k: head_grads[k] if k in head_grads and k != "lxmert" else v for k, v in grads.items()}
+  embeddings = dict(out["lxmert"]["embeddings"])
+  embeddings["word_embeddings"] = jax.tree.map(
+      jnp.add, embeddings["word_embeddings"],
+      head_grads["lxmert"]["embeddings"]["word_embeddings"])
+  out["lxmert"] = {**out["lxmert"], "embeddings": embeddings}
+  return out
+
+
+def pretraining_grads(model: nn.Module, params: Mapping[str, Any], inputs: Mapping[str, Array],
+                      batch: Batch, key: Array,
+                      score: Callable[[Any, Batch], tuple[Array, Mapping[str, Array]]], *,
+                      mlm_fraction: float, feat_fraction: float
+                      ) -> tuple[Any, dict[str, Array], Array]:
+  """Gradients of `score`'s loss for an `LxmertForPreTraining`, decoding masked rows only.
+
+  The backbone runs once, in training mode (dropout from `key`); its outputs
+  go to the heads inside `with_masked_decoding`'s branches, where the heads'
+  gradients and the gradients of the backbone's outputs are taken; the
+  backbone's own backward pass follows, outside the cond. The compiled step
+  holds one copy of the backbone and two of the (small) heads.
+
+  Args:
+    model: the `LxmertForPreTraining`.
+    params: its parameters.
+    inputs: the model's input arrays (ids, masks, features, boxes).
+    batch: the labels (`masked_lm_labels`, `feat_targets`, `feat_mask`, ...).
+    key: the dropout key.
+    score: `(heads output, labels) -> (loss, metrics)`; the labels are the
+      gathered ones when the decoders run on gathered rows.
+    mlm_fraction, feat_fraction: see `with_masked_decoding`.
+
+  Returns:
+    (gradients for every parameter, score's metrics, fallback flag).
+  """
+  cls = type(model)
+
+  def encode(p):
+    base = model.apply({"params": p}, **inputs, deterministic=False, rngs={"dropout": key},
+                       method=cls.encode)
+    return base.language_output, base.vision_output, base.pooled_output
+
+  streams, backbone_vjp = jax.vjp(encode, params)
+
+  def run(positions, labels):
+    def head_loss(head_params, streams_):
+      heads = model.apply({"params": head_params}, *streams_, **positions, method=cls.decode)
+      return score(heads, labels)
+    (_, metrics), grads = jax.value_and_grad(head_loss, argnums=(0, 1), has_aux=True)(
+        _head_params(params), streams)
+    return grads, metrics
+
+  ((head_grads, stream_grads), metrics), fallback = with_masked_decoding(
+      run, batch, model.config, mlm_fraction=mlm_fraction, feat_fraction=feat_fraction)
+  (grads,) = backbone_vjp(stream_grads)
+  return _add_head_grads(grads, head_grads), dict(metrics), fallback

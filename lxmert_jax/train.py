@@ -190,17 +190,6 @@ def features_as_float32(batch: Batch) -> Batch:
                       if k in batch}}
 
 
-def _model_loss(model: nn.Module, model_config: LxmertConfig, params: Any, batch: Batch,
-                labels: Batch, positions: Mapping[str, jax.Array], key: jax.Array,
-                weights: Mapping[str, jax.Array], deterministic: bool
-                ) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """The model on `batch`'s inputs, scored against `labels` (full or gathered)."""
-  inputs = {k: batch[k] for k in MODEL_INPUTS}
-  outputs = model.apply({"params": params}, **inputs, **positions,
-                        deterministic=deterministic, rngs={"dropout": key})
-  return objective.compute(outputs, labels, model_config, weights)
-
-
 def loss_fn(model: nn.Module, model_config: LxmertConfig, params: Any, batch: Batch,
             key: jax.Array, weights: Mapping[str, jax.Array], *, deterministic: bool,
             mlm_fraction: float = 0.0, feat_fraction: float = 0.0
@@ -216,10 +205,14 @@ def loss_fn(model: nn.Module, model_config: LxmertConfig, params: Any, batch: Ba
       either way; `decode_fallback` in the metrics is 1 for such a batch.
   """
   batch = features_as_float32(batch)
+  base = model.apply({"params": params}, **{k: batch[k] for k in MODEL_INPUTS},
+                     deterministic=deterministic, rngs={"dropout": key},
+                     method=LxmertForPreTraining.encode)
 
   def run(positions, labels):
-    return _model_loss(model, model_config, params, batch, labels, positions, key, weights,
-                       deterministic)
+    heads = model.apply({"params": params}, base.language_output, base.vision_output,
+                        base.pooled_output, **positions, method=LxmertForPreTraining.decode)
+    return objective.compute(heads, labels, model_config, weights)
 
   (loss, metrics), fallback = masked_decoding.with_masked_decoding(
       run, batch, model_config, mlm_fraction=mlm_fraction, feat_fraction=feat_fraction)
@@ -257,21 +250,16 @@ def grads_and_metrics(model: nn.Module, model_config: LxmertConfig, params: Any,
   def value_and_grad(p, b, k):
     b = features_as_float32(b)
 
-    # Gradients are taken inside each branch of `with_masked_decoding`'s
-    # `lax.cond`, never of the cond: see `masked_decoding`.
-    def run(positions, labels):
-      def f(p_):
-        loss, metrics = _model_loss(model, model_config, p_, b, labels, positions, k, weights,
-                                    deterministic=False)
-        if nan_at_step is not None:
-          loss = jnp.where(nan_at_step, jnp.nan, loss)
-          metrics = dict(metrics, loss=loss)
-        return loss, metrics
-      (_, metrics), grads = jax.value_and_grad(f, has_aux=True)(p)
-      return grads, metrics
+    def score(heads, labels):
+      loss, metrics = objective.compute(heads, labels, model_config, weights)
+      if nan_at_step is not None:
+        loss = jnp.where(nan_at_step, jnp.nan, loss)
+        metrics = dict(metrics, loss=loss)
+      return loss, metrics
 
-    (grads, metrics), fallback = masked_decoding.with_masked_decoding(
-        run, b, model_config, mlm_fraction=mlm_fraction, feat_fraction=feat_fraction)
+    grads, metrics, fallback = masked_decoding.pretraining_grads(
+        model, p, {name: b[name] for name in MODEL_INPUTS}, b, k, score,
+        mlm_fraction=mlm_fraction, feat_fraction=feat_fraction)
     return grads, dict(metrics, decode_fallback=fallback.astype(jnp.float32))
 
   if grad_accum_steps == 1:

@@ -6,7 +6,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from lxmert_jax import checkpoint_io, init_weights, objective, train
+from lxmert_jax import checkpoint_io, init_weights, losses, objective, train
 from lxmert_jax.configuration import LxmertConfig
 from lxmert_jax.heads import LxmertForPreTraining
 
@@ -134,6 +134,35 @@ def test_decoding_gathered_masked_rows_keeps_loss_and_gradients():
     diff = max(float(jnp.max(jnp.abs(a - b)))
                for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(g0)))
     assert diff < 1e-6
+
+
+def test_step_gradients_equal_the_whole_models_loss_gradients():
+  # The step differentiates the backbone and the heads separately (the heads
+  # inside the decoding branches); together they must give the gradient of
+  # the model's own loss, the tied word embeddings included.
+  model = LxmertForPreTraining(STEP_CFG)
+  params = _params(model, STEP_CFG)
+  batch = jax.tree.map(jnp.asarray, _batch())
+  weights = {k: jnp.float32(1.0) for k in objective.TASKS}
+
+  def whole(p):
+    out = model.apply({"params": p}, **{k: batch[k] for k in train.MODEL_INPUTS},
+                      labels=batch["masked_lm_labels"], matched_label=batch["matched_label"],
+                      obj_labels=losses.batch_visual_labels(batch), ans=batch["ans"])
+    return out.loss
+
+  with jax.default_matmul_precision("float32"):
+    loss, expected = jax.jit(jax.value_and_grad(whole))(params)
+    for fractions in ((0.0, 0.0), (0.6, 0.6)):
+      grads, metrics = jax.jit(lambda p, f=fractions: train.grads_and_metrics(
+          model, STEP_CFG, p, batch, jax.random.key(0), weights, 1, mlm_fraction=f[0],
+          feat_fraction=f[1]))(params)
+      assert float(metrics["decode_fallback"]) == 0.0
+      assert float(metrics["loss"]) == pytest.approx(float(loss), rel=1e-6)
+      assert jax.tree.structure(grads) == jax.tree.structure(expected)
+      flat = jax.tree_util.tree_flatten_with_path(grads)[0]
+      for (path, a), b in zip(flat, jax.tree.leaves(expected)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=str(path))
 
 
 def test_bfloat16_compute_keeps_float32_parameters_and_gradients():
