@@ -176,11 +176,45 @@ def _add_head_grads(grads: Mapping[str, Any], head_grads: Mapping[str, Any]) -> 
   return out
 
 
+def _encoder(model: nn.Module, inputs: Mapping[str, Array], key: Array,
+             deterministic: bool) -> Callable[[Any], tuple[Array, Array, Array]]:
+  """`params -> (language, vision, pooled)` outputs of the model's backbone."""
+  def encode(params):
+    base = model.apply({"params": params}, **inputs, deterministic=deterministic,
+                       rngs={"dropout": key}, method=type(model).encode)
+    return base.language_output, base.vision_output, base.pooled_output
+  return encode
+
+
+def _decode(model: nn.Module, params: Any, streams: tuple[Array, Array, Array],
+            positions: Mapping[str, Array]) -> Any:
+  """The model's heads on the backbone's outputs, decoding `positions` only."""
+  return model.apply({"params": params}, *streams, **positions, method=type(model).decode)
+
+
+def pretraining_scores(model: nn.Module, params: Mapping[str, Any],
+                       inputs: Mapping[str, Array], batch: Batch, key: Array,
+                       score: Callable[[Any, Batch], Result], *, deterministic: bool,
+                       mlm_fraction: float, feat_fraction: float) -> tuple[Result, Array]:
+  """`score(heads, labels)` for an `LxmertForPreTraining`, decoding masked rows only.
+
+  The backbone runs once, outside `with_masked_decoding`'s cond; only the
+  heads are in its branches. No gradients: see `pretraining_grads`.
+
+  Returns:
+    (`score`'s result, fallback flag).
+  """
+  streams = _encoder(model, inputs, key, deterministic)(params)
+  return with_masked_decoding(
+      lambda positions, labels: score(_decode(model, params, streams, positions), labels),
+      batch, model.config, mlm_fraction=mlm_fraction, feat_fraction=feat_fraction)
+
+
 def pretraining_grads(model: nn.Module, params: Mapping[str, Any], inputs: Mapping[str, Array],
                       batch: Batch, key: Array,
                       score: Callable[[Any, Batch], tuple[Array, Mapping[str, Array]]], *,
                       mlm_fraction: float, feat_fraction: float
-                      ) -> tuple[Any, dict[str, Array], Array]:
+                      ) -> tuple[Any, Mapping[str, Array], Array]:
   """Gradients of `score`'s loss for an `LxmertForPreTraining`, decoding masked rows only.
 
   The backbone runs once, in training mode (dropout from `key`); its outputs
@@ -202,19 +236,11 @@ def pretraining_grads(model: nn.Module, params: Mapping[str, Any], inputs: Mappi
   Returns:
     (gradients for every parameter, score's metrics, fallback flag).
   """
-  cls = type(model)
-
-  def encode(p):
-    base = model.apply({"params": p}, **inputs, deterministic=False, rngs={"dropout": key},
-                       method=cls.encode)
-    return base.language_output, base.vision_output, base.pooled_output
-
-  streams, backbone_vjp = jax.vjp(encode, params)
+  streams, backbone_vjp = jax.vjp(_encoder(model, inputs, key, deterministic=False), params)
 
   def run(positions, labels):
     def head_loss(head_params, streams_):
-      heads = model.apply({"params": head_params}, *streams_, **positions, method=cls.decode)
-      return score(heads, labels)
+      return score(_decode(model, head_params, streams_, positions), labels)
     (_, metrics), grads = jax.value_and_grad(head_loss, argnums=(0, 1), has_aux=True)(
         _head_params(params), streams)
     return grads, metrics
@@ -222,4 +248,4 @@ def pretraining_grads(model: nn.Module, params: Mapping[str, Any], inputs: Mappi
   ((head_grads, stream_grads), metrics), fallback = with_masked_decoding(
       run, batch, model.config, mlm_fraction=mlm_fraction, feat_fraction=feat_fraction)
   (grads,) = backbone_vjp(stream_grads)
-  return _add_head_grads(grads, head_grads), dict(metrics), fallback
+  return _add_head_grads(grads, head_grads), metrics, fallback

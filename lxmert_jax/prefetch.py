@@ -62,9 +62,7 @@ class DevicePrefetcher:
 
   def __next__(self) -> Any:
     if self._size == 0:
-      batch = self._place(next(self._source))
-      self._state = self._source.get_state()
-      return batch
+      return self._place(next(self._source))
     if self._thread is None:
       self._start()
     item = self._buffer.get()
@@ -79,6 +77,8 @@ class DevicePrefetcher:
 
   def get_state(self) -> bytes:
     """The source's position after the last batch handed out."""
+    if self._size == 0:
+      return self._source.get_state()  # Nothing read ahead.
     if self._state is None:
       # Nothing handed out yet and the thread not started: the source is idle.
       self._state = self._source.get_state()

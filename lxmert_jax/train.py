@@ -205,17 +205,10 @@ def loss_fn(model: nn.Module, model_config: LxmertConfig, params: Any, batch: Ba
       either way; `decode_fallback` in the metrics is 1 for such a batch.
   """
   batch = features_as_float32(batch)
-  base = model.apply({"params": params}, **{k: batch[k] for k in MODEL_INPUTS},
-                     deterministic=deterministic, rngs={"dropout": key},
-                     method=LxmertForPreTraining.encode)
-
-  def run(positions, labels):
-    heads = model.apply({"params": params}, base.language_output, base.vision_output,
-                        base.pooled_output, **positions, method=LxmertForPreTraining.decode)
-    return objective.compute(heads, labels, model_config, weights)
-
-  (loss, metrics), fallback = masked_decoding.with_masked_decoding(
-      run, batch, model_config, mlm_fraction=mlm_fraction, feat_fraction=feat_fraction)
+  (loss, metrics), fallback = masked_decoding.pretraining_scores(
+      model, params, {k: batch[k] for k in MODEL_INPUTS}, batch, key,
+      lambda heads, labels: objective.compute(heads, labels, model_config, weights),
+      deterministic=deterministic, mlm_fraction=mlm_fraction, feat_fraction=feat_fraction)
   return loss, dict(metrics, decode_fallback=fallback.astype(jnp.float32))
 
 
