@@ -21,9 +21,11 @@ import numpy as np
 
 from benchmarks import jax_side, torch_side, workload
 from benchmarks.workload import Job
-from lxmert_jax import convert, losses, masked_decoding
-from lxmert_jax.configuration import LxmertConfig
-from lxmert_jax.heads import LxmertForPreTraining
+from lxmert_jax import convert
+from lxmert_jax.objectives import losses
+from lxmert_jax.objectives import masked_decoding
+from lxmert_jax.model.config import LxmertConfig
+from lxmert_jax.model.task_models import LxmertForPreTraining
 
 OUTPUTS = ("prediction_logits", "cross_relationship_score", "question_answering_score")
 # Decoding gathered rows is checked even when the timed runs decode every

@@ -28,10 +28,11 @@ import optax
 
 from benchmarks import workload
 from benchmarks.workload import Job, Probe, Variant
-from lxmert_jax import losses, masked_decoding
-from lxmert_jax.configuration import LxmertConfig
-from lxmert_jax.heads import LxmertForPreTraining, LxmertForQuestionAnswering
-from lxmert_jax.modeling import dummy_inputs
+from lxmert_jax.objectives import losses
+from lxmert_jax.objectives import masked_decoding
+from lxmert_jax.model.config import LxmertConfig
+from lxmert_jax.model.task_models import LxmertForPreTraining, LxmertForQuestionAnswering
+from lxmert_jax.model.encoders import dummy_inputs
 
 
 @functools.lru_cache(maxsize=None)

@@ -19,8 +19,8 @@ import numpy as np
 
 from benchmarks import workload
 from benchmarks.workload import Job
-from lxmert_jax import losses
-from lxmert_jax.configuration import LxmertConfig
+from lxmert_jax.objectives import losses
+from lxmert_jax.model.config import LxmertConfig
 
 
 def modules() -> tuple[Any, Any]:

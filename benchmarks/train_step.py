@@ -55,8 +55,8 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 # pylint: disable=wrong-import-position
 from benchmarks import workload
 from benchmarks.workload import SIDES, Job, Variant, gib, log
-from lxmert_jax import masked_decoding
-from lxmert_jax.configuration import LxmertConfig
+from lxmert_jax.objectives import masked_decoding
+from lxmert_jax.model.config import LxmertConfig
 
 # pylint: enable=wrong-import-position
 

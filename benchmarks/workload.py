@@ -13,8 +13,8 @@ from typing import Any, Callable, Mapping, Optional
 
 import numpy as np
 
-from lxmert_jax import losses
-from lxmert_jax.configuration import LxmertConfig
+from lxmert_jax.objectives import losses
+from lxmert_jax.model.config import LxmertConfig
 
 SIDES = ("ours", "torch-eager", "torch-compile")
 MODEL_INPUTS = ("input_ids", "visual_feats", "visual_pos", "attention_mask", "token_type_ids")

@@ -5,12 +5,12 @@
                       visual_pos=..., deterministic=True)
 """
 
-from lxmert_jax.checkpoint_io import load_model, save_model
-from lxmert_jax.configuration import LxmertConfig
+from lxmert_jax.convert.checkpoints import load_model, save_model
+from lxmert_jax.model.config import LxmertConfig
 from lxmert_jax.convert import from_original, from_pretrained_hf, save_pretrained_hf
-from lxmert_jax.heads import LxmertForNLVR2, LxmertForPreTraining, LxmertForQuestionAnswering
-from lxmert_jax.modeling import LxmertModel
-from lxmert_jax.outputs import (LxmertForNLVR2Output, LxmertForPreTrainingOutput,
+from lxmert_jax.model.task_models import LxmertForNLVR2, LxmertForPreTraining, LxmertForQuestionAnswering
+from lxmert_jax.model.encoders import LxmertModel
+from lxmert_jax.model.outputs import (LxmertForNLVR2Output, LxmertForPreTrainingOutput,
                                 LxmertForQuestionAnsweringOutput, LxmertModelOutput)
 
 __version__ = "0.1.0"

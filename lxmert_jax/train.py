@@ -27,14 +27,18 @@ import ml_collections
 import numpy as np
 import optax
 
-from lxmert_jax import checkpointing, init_weights, masked_decoding, objective, optim
-from lxmert_jax import prefetch
+from lxmert_jax.training import checkpointing
+from lxmert_jax.training import init_weights
+from lxmert_jax.objectives import masked_decoding
+from lxmert_jax.objectives import pretraining
+from lxmert_jax.training import optimizers
+from lxmert_jax.training import prefetch
 from lxmert_jax import data as data_lib
-from lxmert_jax import sharding as sharding_lib
-from lxmert_jax import train_state as ts
-from lxmert_jax.configuration import LxmertConfig
-from lxmert_jax.heads import LxmertForPreTraining
-from lxmert_jax.metrics_writer import MetricsWriter, Throughput
+from lxmert_jax.training import sharding as sharding_lib
+from lxmert_jax.training import train_state as ts
+from lxmert_jax.model.config import LxmertConfig
+from lxmert_jax.model.task_models import LxmertForPreTraining
+from lxmert_jax.training.metrics_writer import MetricsWriter, Throughput
 
 Batch = Mapping[str, jax.Array]
 MODEL_INPUTS = ("input_ids", "visual_feats", "visual_pos", "attention_mask",
@@ -166,12 +170,12 @@ def model_config_from(config: ml_collections.ConfigDict,
   """The LxmertConfig of a run: variant fields, dataset sizes, task switches.
 
   Args:
-    config: the run config (`model` block and `objective.tasks`).
+    config: the run config (`model` block and `pretraining.tasks`).
     data_fields: sizes the dataset dictates (vocab, label and feature sizes).
   """
   fields = dict(config.model.to_dict())
   fields.update(data_fields)
-  fields.update(objective.model_task_switches(config.objective))
+  fields.update(pretraining.model_task_switches(config.objective))
   try:
     return LxmertConfig(**fields)
   except TypeError as e:
@@ -207,7 +211,7 @@ def loss_fn(model: nn.Module, model_config: LxmertConfig, params: Any, batch: Ba
   batch = features_as_float32(batch)
   (loss, metrics), fallback = masked_decoding.pretraining_scores(
       model, params, {k: batch[k] for k in MODEL_INPUTS}, batch, key,
-      lambda heads, labels: objective.compute(heads, labels, model_config, weights),
+      lambda heads, labels: pretraining.compute(heads, labels, model_config, weights),
       deterministic=deterministic, mlm_fraction=mlm_fraction, feat_fraction=feat_fraction)
   return loss, dict(metrics, decode_fallback=fallback.astype(jnp.float32))
 
@@ -244,7 +248,7 @@ def grads_and_metrics(model: nn.Module, model_config: LxmertConfig, params: Any,
     b = features_as_float32(b)
 
     def score(heads, labels):
-      loss, metrics = objective.compute(heads, labels, model_config, weights)
+      loss, metrics = pretraining.compute(heads, labels, model_config, weights)
       if nan_at_step is not None:
         loss = jnp.where(nan_at_step, jnp.nan, loss)
         metrics = dict(metrics, loss=loss)
@@ -281,7 +285,7 @@ def grads_and_metrics(model: nn.Module, model_config: LxmertConfig, params: Any,
 
 
 def make_train_step(model: nn.Module, model_config: LxmertConfig,
-                    tx: optax.GradientTransformation, schedule: optim.Schedule,
+                    tx: optax.GradientTransformation, schedule: optimizers.Schedule,
                     config: ml_collections.ConfigDict, steps_per_epoch: int,
                     state_shardings: ts.TrainState, mesh: jax.sharding.Mesh
                     ) -> Callable[[ts.TrainState, Batch], tuple[ts.TrainState, dict]]:
@@ -292,7 +296,7 @@ def make_train_step(model: nn.Module, model_config: LxmertConfig,
   nan_step = config.debug_nan_at_step
 
   def train_step(state: ts.TrainState, batch: Batch):
-    weights = objective.loss_weights(config.objective, state.step, steps_per_epoch)
+    weights = pretraining.loss_weights(config.objective, state.step, steps_per_epoch)
     grads, metrics = grads_and_metrics(
         model, model_config, state.params, batch, state.step_key(), weights,
         config.grad_accum_steps, nan_at_step=state.step == nan_step if nan_step >= 0 else None,
@@ -315,7 +319,7 @@ def make_eval_step(model: nn.Module, model_config: LxmertConfig,
   """The jitted `(state, batch) -> metrics` evaluation (no dropout)."""
 
   def eval_step(state: ts.TrainState, batch: Batch):
-    weights = objective.loss_weights(config.objective, state.step, steps_per_epoch)
+    weights = pretraining.loss_weights(config.objective, state.step, steps_per_epoch)
     _, metrics = loss_fn(model, model_config, state.params, batch, state.step_key(),
                          weights, deterministic=True, mlm_fraction=config.mlm_decode_fraction,
                          feat_fraction=config.feat_decode_fraction)
@@ -357,12 +361,12 @@ def evaluate(eval_step, state: ts.TrainState, batches: Iterator[Mapping[str, np.
   for host_batch in batches:
     for target, batch in ((sums, host_batch), (control, with_other_images(host_batch))):
       metrics = eval_step(state, sharding_lib.global_batch(batch, batch_sharding))
-      objective.add_to(target, jax.device_get(metrics))
+      pretraining.add_to(target, jax.device_get(metrics))
     num += 1
   if not num:
     return {}
-  out = {f"eval/{k}": v for k, v in objective.summarize(sums, num).items()}
-  for key, value in objective.summarize(control, num).items():
+  out = {f"eval/{k}": v for k, v in pretraining.summarize(sums, num).items()}
+  for key, value in pretraining.summarize(control, num).items():
     if key.startswith("acc/") and key[4:] in GROUNDED_TASKS:
       out[f"eval/{OTHER_IMAGE}/{key}"] = value
   return out
@@ -403,7 +407,7 @@ class _LoopLogger:
       value = float(host[key])
       if not np.isfinite(value):
         raise NonFiniteLossError(f"non-finite training {key} ({value}) at step {step - 1}")
-    objective.add_to(self.sums, host)
+    pretraining.add_to(self.sums, host)
     self.num += 1
     if step % self.log_every == 0 or step == self.total_steps:
       self.flush(step)
@@ -411,7 +415,7 @@ class _LoopLogger:
   def flush(self, step: int) -> None:
     if not self.num:
       return
-    summary = objective.summarize(self.sums, self.num)
+    summary = pretraining.summarize(self.sums, self.num)
     rate = self.throughput.rate(self.num * self.global_batch)
     row = {f"train/{k}": v for k, v in summary.items()}
     row["train/examples_per_sec"] = rate
@@ -436,7 +440,7 @@ def format_metrics(metrics: Mapping[str, float], prefix: str,
   if f"{prefix}/loss" not in metrics:
     return "(none)"
   parts = [f"loss {metrics[f'{prefix}/loss']:.3f}"]
-  for task in objective.TASKS:
+  for task in pretraining.TASKS:
     loss, acc = metrics.get(f"{prefix}/loss/{task}"), metrics.get(f"{prefix}/acc/{task}")
     if loss is None and acc is None:
       continue
@@ -487,7 +491,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   steps_per_epoch = data.steps_per_epoch
   total_steps = (config.num_train_steps if config.num_train_steps > 0
                  else config.num_epochs * steps_per_epoch)
-  tx, schedule = optim.make_optimizer(config.optimizer, total_steps)
+  tx, schedule = optimizers.make_optimizer(config.optimizer, total_steps)
   abstract, shardings = ts.state_shardings(model, model_config, tx, mesh, rules)
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), config.ckpt)
   batch_sh = sharding_lib.batch_sharding(mesh)
@@ -510,7 +514,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   writer.log(f"{sharding_lib.describe(mesh)}; global batch {config.batch_size}; model "
              f"{ts.count_params(state.params):,} parameters; {total_steps} steps "
              f"({steps_per_epoch} per epoch), starting at step {start}")
-  chance = objective.chance_accuracy(model_config)
+  chance = pretraining.chance_accuracy(model_config)
   logger = _LoopLogger(writer, config.log_every_steps, config.batch_size, total_steps)
   preempt = checkpointing.PreemptionFlag()
   eval_metrics: dict[str, float] = {}

@@ -21,10 +21,10 @@ if str(ROOT) not in sys.path:
   sys.path.insert(0, str(ROOT))
 
 from benchmarks import workload  # pylint: disable=wrong-import-position
-from lxmert_jax import masked_decoding  # pylint: disable=wrong-import-position
-from lxmert_jax.configuration import LxmertConfig  # pylint: disable=wrong-import-position
-from lxmert_jax.heads import LxmertForPreTraining  # pylint: disable=wrong-import-position
-from lxmert_jax.modeling import dummy_inputs  # pylint: disable=wrong-import-position
+from lxmert_jax.objectives import masked_decoding  # pylint: disable=wrong-import-position
+from lxmert_jax.model.config import LxmertConfig  # pylint: disable=wrong-import-position
+from lxmert_jax.model.task_models import LxmertForPreTraining  # pylint: disable=wrong-import-position
+from lxmert_jax.model.encoders import dummy_inputs  # pylint: disable=wrong-import-position
 
 
 def test_tiny_run_produces_results_and_passes_checks(tmp_path):

@@ -10,9 +10,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from lxmert_jax import checkpointing
-from lxmert_jax import sharding as sharding_lib
-from lxmert_jax import train_state as ts
+from lxmert_jax.training import checkpointing
+from lxmert_jax.training import sharding as sharding_lib
+from lxmert_jax.training import train_state as ts
 
 
 def _ckpt_config(**kw):

@@ -4,8 +4,8 @@ import ml_collections
 import pytest
 
 from configs import common, pretrain
-from lxmert_jax import objective
-from lxmert_jax import sharding as sharding_lib
+from lxmert_jax.objectives import pretraining
+from lxmert_jax.training import sharding as sharding_lib
 from lxmert_jax import train
 
 
@@ -36,7 +36,7 @@ def test_base_is_the_papers_setting():
 
 def test_qa_schedule_follows_the_epoch():
   config = pretrain.get_config()
-  weights = lambda step: float(objective.loss_weights(config.objective, step, 100)["qa"])
+  weights = lambda step: float(pretraining.loss_weights(config.objective, step, 100)["qa"])
   assert weights(0) == 0.0 and weights(999) == 0.0
   assert weights(1000) == 2.0 and weights(1999) == 2.0
 

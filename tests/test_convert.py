@@ -13,7 +13,8 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 import lxmert_jax  # pylint: disable=wrong-import-position
-from lxmert_jax import checkpoint_io, convert  # pylint: disable=wrong-import-position
+from lxmert_jax import convert  # pylint: disable=wrong-import-position
+from lxmert_jax.convert import checkpoints
 from model_utils import TINY, random_inputs  # pylint: disable=wrong-import-position
 from safetensors.numpy import load_file  # pylint: disable=wrong-import-position
 
@@ -194,7 +195,7 @@ def test_untied_decoder_is_refused(tmp_path):
 
 def test_wrong_params_for_architecture_are_refused(tmp_path):
   model = lxmert_jax.LxmertModel(lxmert_jax.LxmertConfig(**TINY))
-  params = jax.tree_util.tree_map(np.zeros_like, checkpoint_io.abstract_params(model))
+  params = jax.tree_util.tree_map(np.zeros_like, checkpoints.abstract_params(model))
   with pytest.raises(convert.ConversionError, match="do not fit LxmertForPreTraining"):
     lxmert_jax.save_pretrained_hf(model.config, params, tmp_path / "x",
                                   architecture="LxmertForPreTraining")

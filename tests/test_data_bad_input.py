@@ -8,9 +8,9 @@ import pytest
 from lxmert_jax.data import errors
 from lxmert_jax.data import layout
 from lxmert_jax.data import prepare
-from lxmert_jax.data import prepare_features
+from lxmert_jax.data.prepare import feature_sets
 from lxmert_jax.data import store
-from lxmert_jax.data import synthetic_corpus
+from lxmert_jax.data.prepare import synthetic_corpus
 
 
 @pytest.fixture
@@ -35,7 +35,7 @@ def _edit_line(path, line, edit):
 
 
 def _prepare_features(root, tmp_path, **kwargs):
-  return prepare_features.prepare_features(str(tmp_path / "out"), "train2014", _tsv(root),
+  return feature_sets.prepare_features(str(tmp_path / "out"), "train2014", _tsv(root),
                                            progress=False, **kwargs)
 
 

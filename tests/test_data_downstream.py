@@ -6,9 +6,9 @@ import os
 import numpy as np
 import pytest
 
-from lxmert_jax.data import annotations
+from lxmert_jax.data.prepare import annotations
 from lxmert_jax.data import make_downstream_loader
-from lxmert_jax.data import metrics
+from lxmert_jax.evaluation import metrics
 from lxmert_jax.data import store
 from test_data_support import collect, corpus_dir, tiny_data
 

@@ -5,7 +5,7 @@ import collections
 import numpy as np
 import pytest
 
-from lxmert_jax.data import masking
+from lxmert_jax.data.pipeline import masking
 
 MASK_ID = 103
 

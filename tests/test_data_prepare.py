@@ -6,15 +6,15 @@ import os
 import numpy as np
 import pytest
 
-from lxmert_jax.data import annotations
+from lxmert_jax.data.prepare import annotations
 from lxmert_jax.data import layout
 from lxmert_jax.data import prepare
-from lxmert_jax.data import prepare_features
+from lxmert_jax.data.prepare import feature_sets
 from lxmert_jax.data import store
-from lxmert_jax.data import synthetic_corpus
+from lxmert_jax.data.prepare import synthetic_corpus
 from lxmert_jax.data import tfds_builders
 from lxmert_jax.data import tokenization
-from lxmert_jax.data import tsv_features
+from lxmert_jax.data.prepare import tsv_features
 from test_data_support import corpus_dir, tiny_data
 
 
@@ -94,7 +94,7 @@ def _small_corpus(tmp_path, num_images=16):
 def test_multi_part_features_keep_order(tmp_path):
   root = _small_corpus(tmp_path)
   tsv = os.path.join(root, layout.FEATURE_FILES["train2014"])
-  report = prepare_features.prepare_features(str(tmp_path / "out"), "train2014", tsv,
+  report = feature_sets.prepare_features(str(tmp_path / "out"), "train2014", tsv,
                                              part_bytes=600, progress=False)
   meta = tfds_builders.read_metadata(report.path)
   assert len(meta["split_parts"]["images"]) > 2
@@ -116,14 +116,14 @@ def test_prepare_is_idempotent_and_checks_its_inputs(tmp_path):
   # A features dataset prepared from another file is not silently reused.
   other = os.path.join(root, layout.FEATURE_FILES["val2014"])
   with pytest.raises(Exception, match="prepared from"):
-    prepare_features.prepare_features(out, "train2014", other, progress=False)
+    feature_sets.prepare_features(out, "train2014", other, progress=False)
 
 
 def test_interrupted_preparation_leaves_nothing_that_looks_complete(tmp_path, monkeypatch):
   root = _small_corpus(tmp_path)
   out = str(tmp_path / "out")
   tsv = os.path.join(root, layout.FEATURE_FILES["train2014"])
-  original = prepare_features._FeatureRows._record
+  original = feature_sets._FeatureRows._record
   calls = {"n": 0}
 
   def crash_midway(self, row):
@@ -132,16 +132,16 @@ def test_interrupted_preparation_leaves_nothing_that_looks_complete(tmp_path, mo
       raise KeyboardInterrupt
     return original(self, row)
 
-  monkeypatch.setattr(prepare_features._FeatureRows, "_record", crash_midway)
+  monkeypatch.setattr(feature_sets._FeatureRows, "_record", crash_midway)
   with pytest.raises(KeyboardInterrupt):
-    prepare_features.prepare_features(out, "train2014", tsv, part_bytes=600, progress=False)
+    feature_sets.prepare_features(out, "train2014", tsv, part_bytes=600, progress=False)
   assert not tfds_builders.is_prepared(out, tfds_builders.FEATURES_NAME, "train2014")
-  monkeypatch.setattr(prepare_features._FeatureRows, "_record", original)
+  monkeypatch.setattr(feature_sets._FeatureRows, "_record", original)
   # A killed process can leave its temporary directory behind: it is removed.
   stale = os.path.join(out, "lxmert_features", "train2014", "incomplete.ABC123_1.0.0")
   os.makedirs(stale, exist_ok=True)
   open(os.path.join(stale, "junk"), "w").close()
-  report = prepare_features.prepare_features(out, "train2014", tsv, progress=False)
+  report = feature_sets.prepare_features(out, "train2014", tsv, progress=False)
   assert not report.reused and not os.path.exists(stale)
   assert tfds_builders.is_prepared(out, tfds_builders.FEATURES_NAME, "train2014")
   assert report.written["images"] == len(list(tsv_features.iter_rows(tsv)))

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from lxmert_jax.data import layout
-from lxmert_jax.data import loader_common
+from lxmert_jax.data.pipeline import common
 from lxmert_jax.data import make_pretrain_loader
-from lxmert_jax.data import masking
+from lxmert_jax.data.pipeline import masking
 from lxmert_jax.data import store
 from lxmert_jax.data import tokenization
 from test_data_support import collect, tiny_data
@@ -244,6 +244,6 @@ def test_float16_to_float32_is_exact_for_every_finite_value():
   every = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16)
   finite = every[np.isfinite(every)]
   for values in (finite, np.abs(finite), finite.reshape(-1, 32)[:, ::3]):
-    got = loader_common.to_float32(values)
+    got = common.to_float32(values)
     np.testing.assert_array_equal(got.view(np.uint32),
                                   values.astype(np.float32).view(np.uint32))

@@ -10,7 +10,7 @@ import tempfile
 
 import numpy as np
 
-from lxmert_jax.data import synthetic_corpus
+from lxmert_jax.data.prepare import synthetic_corpus
 
 TINY = dict(num_images=24, seed=3, feature_dim=16, num_boxes=6)
 

@@ -7,13 +7,13 @@ import re
 import numpy as np
 import pytest
 
-from lxmert_jax.data import annotations
+from lxmert_jax.data.prepare import annotations
 from lxmert_jax.data import build_demo_data
 from lxmert_jax.data import layout
 from lxmert_jax.data import make_pretrain_loader
-from lxmert_jax.data import synthetic_corpus as sc
+from lxmert_jax.data.prepare import synthetic_corpus as sc
 from lxmert_jax.data import tokenization
-from lxmert_jax.data import tsv_features
+from lxmert_jax.data.prepare import tsv_features
 from test_data_support import TINY, collect, corpus_dir, tiny_data
 
 

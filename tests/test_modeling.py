@@ -11,8 +11,9 @@ import pytest
 from absl.testing import parameterized
 
 import lxmert_jax
-from lxmert_jax import checkpoint_io, masked_decoding
-from lxmert_jax.configuration import LxmertConfig
+from lxmert_jax.convert import checkpoints
+from lxmert_jax.objectives import masked_decoding
+from lxmert_jax.model.config import LxmertConfig
 from model_utils import TINY, max_rel_error, random_inputs
 
 LOGICAL_AXES = {"vocab", "embed", "mlp", "heads", "pos", "type", "vis_feat", "box",
@@ -35,7 +36,7 @@ def count(tree) -> int:
 ])
 def test_base_parameter_counts_match_the_reference(cls, num_qa_labels, expected):
   model = cls(LxmertConfig(num_qa_labels=num_qa_labels))
-  assert count(checkpoint_io.abstract_params(model)) == expected
+  assert count(checkpoints.abstract_params(model)) == expected
 
 
 def test_every_parameter_has_logical_axis_names():

@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from lxmert_jax import optim
+from lxmert_jax.training import optimizers
 
 
 def reference_bert_adam(params, grads_per_step, *, lr, warmup, t_total, max_norm,
@@ -62,7 +62,7 @@ def test_bert_adam_matches_reference_over_several_steps():
   grads_per_step = [{k: (rng.normal(size=v.shape) * (3.0 if i % 2 else 0.05)).astype(np.float32)
                      for k, v in params.items()} for i in range(8)]
   t_total = 8
-  tx, _ = optim.make_optimizer(_config(), t_total)
+  tx, _ = optimizers.make_optimizer(_config(), t_total)
   state = tx.init(params)
   ours = jax.tree.map(jnp.asarray, params)
   update = jax.jit(tx.update)
@@ -77,7 +77,7 @@ def test_bert_adam_matches_reference_over_several_steps():
 
 def test_first_update_has_zero_learning_rate_but_moments_move():
   params = {"w": jnp.ones((2,))}
-  tx, schedule = optim.make_optimizer(_config(), 10)
+  tx, schedule = optimizers.make_optimizer(_config(), 10)
   state = tx.init(params)
   updates, state = tx.update({"w": jnp.array([0.5, -0.5])}, state, params)
   assert float(schedule(0)) == 0.0
@@ -91,7 +91,7 @@ def test_first_update_has_zero_learning_rate_but_moments_move():
     (120, 0.0)])
 def test_warmup_linear_schedule_values(step, expected):
   # t_total 100, warm-up 5%: x = step/100; 5 warm-up steps then decay to 0.
-  schedule = optim.learning_rate_schedule(2.0, 100, 0.05)
+  schedule = optimizers.learning_rate_schedule(2.0, 100, 0.05)
   assert float(schedule(step)) == pytest.approx(2.0 * expected, rel=1e-5, abs=1e-7)
 
 
@@ -105,7 +105,7 @@ def test_clipping_matches_torch_clip_grad_norm():
     for t, g in zip(tensors, grads.values()):
       t.grad = torch.from_numpy(g.copy())
     torch.nn.utils.clip_grad_norm_(tensors, 1.0)
-    clip = optim.clip_by_global_norm_torch(1.0)
+    clip = optimizers.clip_by_global_norm_torch(1.0)
     ours, _ = clip.update(grads, clip.init(grads))
     for t, g in zip(tensors, ours.values()):
       np.testing.assert_allclose(np.asarray(g), t.grad.numpy(), rtol=1e-6, atol=1e-8)
@@ -113,7 +113,7 @@ def test_clipping_matches_torch_clip_grad_norm():
 
 def test_clipping_formula_near_threshold():
   # Norm 2 with max_norm 1: scaled by 1 / (2 + 1e-6), not exactly 1/2.
-  clip = optim.clip_by_global_norm_torch(1.0)
+  clip = optimizers.clip_by_global_norm_torch(1.0)
   grads = {"g": jnp.array([2.0, 0.0], jnp.float32)}
   out, _ = clip.update(grads, clip.init(grads))
   np.testing.assert_allclose(np.asarray(out["g"]), [2.0 / (2.0 + 1e-6), 0.0], rtol=1e-7)
@@ -125,7 +125,7 @@ def test_clipping_formula_near_threshold():
 def test_weight_decay_applies_to_every_parameter_in_bert_adam():
   params = {"dense": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones((2,))},
             "LayerNorm": {"scale": jnp.ones((2,)), "bias": jnp.ones((2,))}}
-  tx = optim.bert_adam(lambda step: 1.0, weight_decay=0.5)
+  tx = optimizers.bert_adam(lambda step: 1.0, weight_decay=0.5)
   zero_grads = jax.tree.map(jnp.zeros_like, params)
   updates, _ = tx.update(zero_grads, tx.init(params), params)
   for leaf in jax.tree.leaves(updates):
@@ -136,11 +136,11 @@ def test_adamw_masks_biases_and_layernorm():
   params = {"dense": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones((2,))},
             "LayerNorm": {"scale": jnp.ones((2,)), "bias": jnp.ones((2,))},
             "emb": {"embedding": jnp.ones((3, 2))}}
-  mask = optim.decay_mask(params)
+  mask = optimizers.decay_mask(params)
   assert mask == {"dense": {"kernel": True, "bias": False},
                   "LayerNorm": {"scale": False, "bias": False},
                   "emb": {"embedding": True}}
-  tx, _ = optim.make_optimizer(_config(name="adamw", clip_norm=0.0, weight_decay=0.5), 10)
+  tx, _ = optimizers.make_optimizer(_config(name="adamw", clip_norm=0.0, weight_decay=0.5), 10)
   state = tx.init(params)
   zero = jax.tree.map(jnp.zeros_like, params)
   # Step past the zero-lr first update, then check which leaves decayed.
@@ -154,4 +154,4 @@ def test_adamw_masks_biases_and_layernorm():
 
 def test_unknown_optimizer_name_is_an_error():
   with pytest.raises(ValueError, match="optimizer.name 'sgd'"):
-    optim.make_optimizer(_config(name="sgd"), 10)
+    optimizers.make_optimizer(_config(name="sgd"), 10)

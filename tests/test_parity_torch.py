@@ -96,13 +96,13 @@ def test_pretraining_loss_and_terms_match_transformers(batch):
   with jax.default_matmul_precision("float32"):
     out = model.apply({"params": params}, **inputs, labels=labels["masked_lm_labels"],
                       matched_label=labels["matched_label"], ans=labels["ans"],
-                      obj_labels=lxmert_jax.losses.batch_visual_labels(labels))
+                      obj_labels=lxmert_jax.objectives.losses.batch_visual_labels(labels))
     outputs_only = model.apply({"params": params}, **inputs)
-    total, terms = lxmert_jax.losses.pretraining_losses(outputs_only, labels, model.config)
+    total, terms = lxmert_jax.objectives.losses.pretraining_losses(outputs_only, labels, model.config)
   assert abs(float(out.loss) - ref_total) <= TOL * abs(ref_total)
   assert abs(float(total) - ref_total) <= TOL * abs(ref_total)
-  assert set(out.loss_terms) == set(lxmert_jax.losses.LOSS_TERMS)
-  for term in lxmert_jax.losses.LOSS_TERMS:
+  assert set(out.loss_terms) == set(lxmert_jax.objectives.losses.LOSS_TERMS)
+  for term in lxmert_jax.objectives.losses.LOSS_TERMS:
     ref = _hf_term(hf, inputs, labels, term)
     assert abs(float(out.loss_terms[term]) - ref) <= TOL * abs(ref), term
     assert abs(float(terms[term]) - ref) <= TOL * abs(ref), term
@@ -119,7 +119,7 @@ def test_gradients_match_transformers():
   def loss_fn(p):
     return model.apply({"params": p}, **inputs, labels=labels["masked_lm_labels"],
                        matched_label=labels["matched_label"], ans=labels["ans"],
-                       obj_labels=lxmert_jax.losses.batch_visual_labels(labels)).loss
+                       obj_labels=lxmert_jax.objectives.losses.batch_visual_labels(labels)).loss
 
   with jax.default_matmul_precision("float32"):
     grads = convert.params_to_state_dict(jax.grad(loss_fn)(params))

@@ -8,7 +8,7 @@ import grain
 import numpy as np
 import pytest
 
-from lxmert_jax.prefetch import DevicePrefetcher
+from lxmert_jax.training.prefetch import DevicePrefetcher
 
 
 def _loader(num_records: int = 40, batch_size: int = 4, seed: int = 3) -> grain.DataLoader:

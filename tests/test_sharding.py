@@ -15,12 +15,13 @@ import optax
 import pytest
 
 from configs import common
-from lxmert_jax import objective, optim
-from lxmert_jax import sharding as sharding_lib
+from lxmert_jax.objectives import pretraining
+from lxmert_jax.training import optimizers
+from lxmert_jax.training import sharding as sharding_lib
 from lxmert_jax import train
-from lxmert_jax import train_state as ts
-from lxmert_jax.configuration import LxmertConfig
-from lxmert_jax.heads import LxmertForPreTraining
+from lxmert_jax.training import train_state as ts
+from lxmert_jax.model.config import LxmertConfig
+from lxmert_jax.model.task_models import LxmertForPreTraining
 
 TINY = LxmertConfig(vocab_size=64, hidden_size=32, num_attention_heads=4, intermediate_size=64,
                     l_layers=1, x_layers=1, r_layers=1, visual_feat_dim=16, num_qa_labels=8,
@@ -81,7 +82,7 @@ def _setup(name, vocab_size=TINY.vocab_size):
   mesh = _mesh(name)
   cfg = TINY.replace(vocab_size=vocab_size)
   model = LxmertForPreTraining(cfg)
-  tx, schedule = optim.make_optimizer(_run_config().optimizer, 10)
+  tx, schedule = optimizers.make_optimizer(_run_config().optimizer, 10)
   _, shardings = ts.state_shardings(model, cfg, tx, mesh, RULES)
   state = ts.create_train_state(model, cfg, tx, shardings, seed=3)
   return mesh, model, tx, schedule, shardings, state
@@ -98,7 +99,7 @@ def _step_results(name):
   def run(state, batch):
     # Step 5: past the warm-up's zero learning rate, so the update moves params.
     state = state.replace(step=jnp.int32(5))
-    weights = objective.loss_weights(config.objective, state.step, 10)
+    weights = pretraining.loss_weights(config.objective, state.step, 10)
     grads, metrics = train.grads_and_metrics(
         model, TINY, state.params, batch, state.step_key(), weights, 1)
     updates, _ = tx.update(grads, state.opt_state, state.params)
@@ -182,7 +183,7 @@ def test_batch_is_split_over_data_and_fsdp():
 def test_indivisible_dimension_is_replicated():
   mesh = sharding_lib.make_mesh(MESHES["tp"])
   cfg = TINY.replace(vocab_size=62)
-  tx, _ = optim.make_optimizer(_run_config().optimizer, 10)
+  tx, _ = optimizers.make_optimizer(_run_config().optimizer, 10)
   _, shardings = ts.state_shardings(LxmertForPreTraining(cfg), cfg, tx, mesh, RULES)
   spec = _param(shardings.params, "lxmert/embeddings/word_embeddings/embedding").spec
   assert spec == jax.P(None, "fsdp")

@@ -6,9 +6,13 @@ import ml_collections
 import numpy as np
 import pytest
 
-from lxmert_jax import checkpoint_io, init_weights, losses, objective, train
-from lxmert_jax.configuration import LxmertConfig
-from lxmert_jax.heads import LxmertForPreTraining
+from lxmert_jax import train
+from lxmert_jax.convert import checkpoints
+from lxmert_jax.training import init_weights
+from lxmert_jax.objectives import losses
+from lxmert_jax.objectives import pretraining
+from lxmert_jax.model.config import LxmertConfig
+from lxmert_jax.model.task_models import LxmertForPreTraining
 
 @pytest.fixture(scope="module", autouse=True)
 def _fast_compile():
@@ -50,7 +54,7 @@ def _batch(b=8, t=8, o=4, seed=0):
 
 
 def _params(model, cfg=TINY, seed=0):
-  from lxmert_jax.modeling import dummy_inputs  # pylint: disable=import-outside-toplevel
+  from lxmert_jax.model.encoders import dummy_inputs  # pylint: disable=import-outside-toplevel
   import flax.linen as nn  # pylint: disable=import-outside-toplevel
   return nn.unbox(model.init(jax.random.key(seed), **dummy_inputs(cfg, 1, 4, 2))["params"])
 
@@ -64,8 +68,8 @@ def test_switched_off_tasks_report_no_accuracy():
   batch = _batch()
   inputs = {k: batch[k] for k in train.MODEL_INPUTS}
   outputs = model.apply({"params": _params(model, cfg)}, **inputs)
-  weights = {task: jnp.float32(1.0) for task in objective.TASKS}
-  _, metrics = objective.compute(outputs, batch, cfg, weights)
+  weights = {task: jnp.float32(1.0) for task in pretraining.TASKS}
+  _, metrics = pretraining.compute(outputs, batch, cfg, weights)
   assert {"matched_count", "obj_count", "attr_count"} <= set(metrics)
   assert not {"mlm_correct", "mlm_count", "qa_correct", "qa_count"} & set(metrics)
 
@@ -90,7 +94,7 @@ def test_gradient_accumulation_averages_microbatch_gradients():
   model = LxmertForPreTraining(STEP_CFG)
   params = _params(model, STEP_CFG)
   batch = jax.tree.map(jnp.asarray, _batch())
-  weights = {k: jnp.float32(1.0) for k in objective.TASKS}
+  weights = {k: jnp.float32(1.0) for k in pretraining.TASKS}
   key = jax.random.key(0)
   with jax.default_matmul_precision("float32"):
     grads, metrics = jax.jit(
@@ -112,7 +116,7 @@ def test_decoding_gathered_masked_rows_keeps_loss_and_gradients():
   params = _params(model, STEP_CFG)
   batch = jax.tree.map(jnp.asarray, _batch())
   assert 0 < int(jnp.sum(batch["feat_mask"] > 0)) < batch["feat_mask"].size
-  weights = {k: jnp.float32(1.0) for k in objective.TASKS}
+  weights = {k: jnp.float32(1.0) for k in pretraining.TASKS}
   key = jax.random.key(0)
   # (MLM, feature) fractions: off; room for every masked row (gathered); too
   # little room for the MLM labels, then for the masked boxes (falls back).
@@ -143,7 +147,7 @@ def test_step_gradients_equal_the_whole_models_loss_gradients():
   model = LxmertForPreTraining(STEP_CFG)
   params = _params(model, STEP_CFG)
   batch = jax.tree.map(jnp.asarray, _batch())
-  weights = {k: jnp.float32(1.0) for k in objective.TASKS}
+  weights = {k: jnp.float32(1.0) for k in pretraining.TASKS}
 
   def whole(p):
     out = model.apply({"params": p}, **{k: batch[k] for k in train.MODEL_INPUTS},
@@ -170,7 +174,7 @@ def test_bfloat16_compute_keeps_float32_parameters_and_gradients():
   model = LxmertForPreTraining(cfg)
   params = _params(model, cfg)
   assert {x.dtype for x in jax.tree.leaves(params)} == {jnp.dtype(jnp.float32)}
-  weights = {k: jnp.float32(1.0) for k in objective.TASKS}
+  weights = {k: jnp.float32(1.0) for k in pretraining.TASKS}
   grads, metrics = jax.jit(lambda p: train.grads_and_metrics(
       model, cfg, p, jax.tree.map(jnp.asarray, _batch()), jax.random.key(0), weights, 1))(params)
   assert {x.dtype for x in jax.tree.leaves(grads)} == {jnp.dtype(jnp.float32)}
@@ -259,7 +263,7 @@ def test_lxmert_init_loads_matching_params_and_reports_the_rest(tmp_path):
   source_cfg = TINY.replace(num_qa_labels=5)
   source = LxmertForPreTraining(source_cfg)
   source_params = _params(source, source_cfg, seed=1)
-  checkpoint_io.save_model(tmp_path / "ckpt", source, source_params)
+  checkpoints.save_model(tmp_path / "ckpt", source, source_params)
   model = LxmertForPreTraining(TINY)
   params, report = init_weights.initial_params(
       ml_collections.ConfigDict(dict(mode="lxmert", path=str(tmp_path / "ckpt"))), model, TINY,

@@ -27,14 +27,14 @@ DATA_DIR layout (see `layout` for the reference input layout):
     DATA_DIR/corpus/, demo_data.json       (demo data only)
 """
 
-from lxmert_jax.data.annotations import AnswerTable, convert_ans
-from lxmert_jax.data.downstream_pipeline import make_downstream_loader, num_answers
+from lxmert_jax.data.prepare.annotations import AnswerTable, convert_ans
+from lxmert_jax.data.pipeline.downstream import make_downstream_loader, num_answers
 from lxmert_jax.data.errors import DataError, SkipLog
-from lxmert_jax.data.metrics import exact_match, gqa_accuracy, nlvr2_metrics, vqa_score
+from lxmert_jax.evaluation.metrics import exact_match, gqa_accuracy, nlvr2_metrics, vqa_score
 from lxmert_jax.data.prepare import Inputs, Options, prepare_all, prepare_task
-from lxmert_jax.data.pretrain_pipeline import make_pretrain_loader
+from lxmert_jax.data.pipeline.pretrain import make_pretrain_loader
 from lxmert_jax.data.store import dataset_info
-from lxmert_jax.data.synthetic_corpus import build_demo_data, build_synthetic_corpus
+from lxmert_jax.data.prepare.synthetic_corpus import build_demo_data, build_synthetic_corpus
 from lxmert_jax.data.tokenization import (SentencePieceTokenizer, Tokenizer, WordPieceTokenizer,
                                           make_tokenizer, train_sentencepiece)
 

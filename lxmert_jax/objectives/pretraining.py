@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from lxmert_jax import losses
+from lxmert_jax.objectives import losses
 
 TASKS = losses.LOSS_TERMS  # ("mlm", "matched", "obj", "attr", "feat", "qa")
 ACCURACY_TASKS = ("mlm", "matched", "qa", "obj", "attr")

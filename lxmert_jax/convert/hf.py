@@ -28,8 +28,8 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from lxmert_jax import checkpoint_io
-from lxmert_jax.configuration import LxmertConfig
+from lxmert_jax.convert import checkpoints
+from lxmert_jax.model.config import LxmertConfig
 
 TIED_DECODER_KEY = "cls.predictions.decoder.weight"
 WORD_EMBEDDING_KEY = "lxmert.embeddings.word_embeddings.weight"
@@ -73,7 +73,7 @@ def state_dict_to_params(state_dict: Mapping[str, np.ndarray], model: nn.Module,
   key of the state dict must be used; otherwise a `ConversionError` lists the
   missing keys, the unexpected keys and each shape mismatch.
   """
-  target = _flat_params(checkpoint_io.abstract_params(model))
+  target = _flat_params(checkpoints.abstract_params(model))
   remaining = dict(state_dict)
   tied = remaining.pop(TIED_DECODER_KEY, None)
   if tied is not None and WORD_EMBEDDING_KEY in remaining and not np.array_equal(
@@ -135,9 +135,9 @@ def read_hf_directory(hf_dir: str | os.PathLike
     raise ConversionError(f"{config_path}: model_type is {data.get('model_type')!r}, "
                           "expected 'lxmert'")
   architecture = (data.get("architectures") or ["LxmertForPreTraining"])[0]
-  if architecture not in checkpoint_io.ARCHITECTURES:
+  if architecture not in checkpoints.ARCHITECTURES:
     raise ConversionError(f"{config_path}: architecture {architecture!r} is not one of "
-                          f"{sorted(checkpoint_io.ARCHITECTURES)}")
+                          f"{sorted(checkpoints.ARCHITECTURES)}")
   return LxmertConfig.from_dict(data, source=config_path), architecture, _read_weights(hf_dir)
 
 
@@ -176,7 +176,7 @@ def from_pretrained_hf(hf_dir: str | os.PathLike, **config_overrides: Any
     **config_overrides: config fields to change, e.g. `dtype="bfloat16"`.
   """
   config, architecture, state_dict = read_hf_directory(hf_dir)
-  model = checkpoint_io.model_class(architecture)(config.replace(**config_overrides))
+  model = checkpoints.model_class(architecture)(config.replace(**config_overrides))
   return model, state_dict_to_params(state_dict, model, source=os.fspath(hf_dir))
 
 
@@ -205,14 +205,14 @@ def save_pretrained_hf(config: LxmertConfig, params: Any, out_dir: str | os.Path
   if architecture == "LxmertForNLVR2":
     raise ConversionError("transformers has no NLVR2 model; keep NLVR2 checkpoints "
                           "in lxmert_jax format")
-  model = checkpoint_io.model_class(architecture)(config)
-  expected = {hf_key(p) for p in _flat_params(checkpoint_io.abstract_params(model))}
+  model = checkpoints.model_class(architecture)(config)
+  expected = {hf_key(p) for p in _flat_params(checkpoints.abstract_params(model))}
   state_dict = params_to_state_dict(params)
   if set(state_dict) != expected:
     raise ConversionError(
         f"parameters do not fit {architecture}: missing {sorted(expected - set(state_dict))}, "
         f"unexpected {sorted(set(state_dict) - expected)}")
-  with checkpoint_io.atomic_directory(out_dir) as tmp:
+  with checkpoints.atomic_directory(out_dir) as tmp:
     save_file(state_dict, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
     with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
       json.dump(hf_config_dict(config, architecture), f, indent=2, sort_keys=True)
@@ -321,7 +321,7 @@ def from_original(path: str | os.PathLike, num_attention_heads: int = 12
     model_state = {k[len("lxmert."):]: v for k, v in state_dict.items()
                    if k.startswith("lxmert.")}
   config = infer_config(state_dict, num_attention_heads)
-  model = checkpoint_io.model_class(architecture)(config)
+  model = checkpoints.model_class(architecture)(config)
   return model, state_dict_to_params(model_state, model, source=path)
 
 
@@ -344,14 +344,14 @@ def main(argv: Optional[list[str]] = None) -> None:
   args = parser.parse_args(argv)
   if args.command == "hf-to-jax":
     model, params = from_pretrained_hf(args.source)
-    checkpoint_io.save_model(args.out_dir, model, params)
+    checkpoints.save_model(args.out_dir, model, params)
   elif args.command == "original-to-jax":
     model, params = from_original(args.source, args.num_attention_heads)
-    checkpoint_io.save_model(args.out_dir, model, params)
+    checkpoints.save_model(args.out_dir, model, params)
   else:
-    model, params = checkpoint_io.load_model(args.source)
+    model, params = checkpoints.load_model(args.source)
     save_pretrained_hf(model.config, params, args.out_dir,
-                       checkpoint_io.architecture_name(model))
+                       checkpoints.architecture_name(model))
   count = sum(np.size(x) for x in jax.tree_util.tree_leaves(params))
   print(f"wrote {args.out_dir}: {type(model).__name__}, {count:,} parameters")
 

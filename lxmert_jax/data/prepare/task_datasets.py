@@ -16,14 +16,14 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import tqdm
 
-from lxmert_jax.data import annotations
+from lxmert_jax.data.prepare import annotations
 from lxmert_jax.data import errors
 from lxmert_jax.data import layout
-from lxmert_jax.data import prepare_features
+from lxmert_jax.data.prepare import feature_sets
 from lxmert_jax.data import tfds_builders
 from lxmert_jax.data import tokenization
 
-PrepareReport = prepare_features.PrepareReport
+PrepareReport = feature_sets.PrepareReport
 
 # Estimated serialized bytes per stored part of a task split (TFDS holds a
 # split in memory while writing it).
@@ -70,7 +70,7 @@ class Options:
   skip_bad: bool = False
   overwrite: bool = False
   progress: bool = True
-  features_part_bytes: int = prepare_features.DEFAULT_PART_BYTES
+  features_part_bytes: int = feature_sets.DEFAULT_PART_BYTES
   compress_features: bool = False
   record_part_bytes: int = DEFAULT_RECORD_PART_BYTES
 
@@ -114,7 +114,7 @@ def _prepare_feature_sets(data_dir: str, set_names: Sequence[str], inputs: Input
   metas = {}
   for set_name in dict.fromkeys(set_names):
     tsv = layout.feature_file(inputs.root, set_name, inputs.feature_files)
-    reports.append(prepare_features.prepare_features(
+    reports.append(feature_sets.prepare_features(
         data_dir, set_name, tsv, skip_bad=opts.skip_bad, overwrite=opts.overwrite,
         part_bytes=opts.features_part_bytes, compress=opts.compress_features,
         progress=opts.progress))

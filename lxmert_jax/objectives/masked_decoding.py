@@ -34,8 +34,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lxmert_jax import losses
-from lxmert_jax.configuration import LxmertConfig
+from lxmert_jax.objectives import losses
+from lxmert_jax.model.config import LxmertConfig
 
 Array = jax.Array
 Batch = Mapping[str, Array]

@@ -28,9 +28,10 @@ import jax
 import ml_collections
 import numpy as np
 
-from lxmert_jax import checkpoint_io, convert
-from lxmert_jax.configuration import LxmertConfig
-from lxmert_jax.modeling import dummy_inputs
+from lxmert_jax import convert
+from lxmert_jax.convert import checkpoints
+from lxmert_jax.model.config import LxmertConfig
+from lxmert_jax.model.encoders import dummy_inputs
 
 MODES = ("scratch", "lxmert", "bert")
 _BERT_LAYER = re.compile(r"layer_(\d+)")
@@ -116,7 +117,7 @@ def _unflat_like(tree: Any, flat: Mapping[str, Any]) -> Any:
 def _merge_lxmert(fresh: Any, path: str) -> tuple[Any, InitReport]:
   """Loads a saved LXMERT (ours or transformers') into the fresh tree."""
   if os.path.isdir(os.path.join(path, "params")):
-    _, loaded = checkpoint_io.load_model(path)
+    _, loaded = checkpoints.load_model(path)
   else:
     _, loaded = convert.from_pretrained_hf(path)
   source = _flat(jax.tree.map(np.asarray, loaded))

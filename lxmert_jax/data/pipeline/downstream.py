@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import grain
 import numpy as np
 
-from lxmert_jax.data import loader_common
+from lxmert_jax.data.pipeline import common
 from lxmert_jax.data import store
 from lxmert_jax.data import tokenization
 
@@ -96,8 +96,8 @@ class BuildTaskExample(grain.transforms.Map):
       qid = record["question_id"]
     if self.keep_ids:
       example[QUESTION_ID_KEY] = np.asarray(qid.decode("utf-8") if isinstance(qid, bytes) else qid)
-    if loader_common.MASK_KEY in record:
-      example[loader_common.MASK_KEY] = record[loader_common.MASK_KEY]
+    if common.MASK_KEY in record:
+      example[common.MASK_KEY] = record[common.MASK_KEY]
     return example
 
 
@@ -141,11 +141,11 @@ def make_downstream_loader(task: str, data_dir: str, split: str | Sequence[str],
   """
   data = _TaskData(task, data_dir, store.resolve_splits(split), max_seq_length, num_objects,
                    tokenizer)
-  return loader_common.make_loader(
+  return common.make_loader(
       data.records, [BuildTaskExample(data, keep_ids=not train)], batch_size=batch_size,
       seed=seed, shuffle=train if shuffle is None else shuffle,
       num_epochs=(None if train else 1) if num_epochs is None else num_epochs,
       shard_index=shard_index, shard_count=shard_count, drop_remainder=train,
       worker_count=worker_count, read_threads=read_threads,
       worker_buffer_size=worker_buffer_size,
-      batch_fn=loader_common.StackWithFloat32(["visual_feats"]))
+      batch_fn=common.StackWithFloat32(["visual_feats"]))

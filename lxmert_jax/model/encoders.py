@@ -16,9 +16,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lxmert_jax import layers
-from lxmert_jax.configuration import LxmertConfig
-from lxmert_jax.outputs import LxmertModelOutput
+from lxmert_jax.model import layers
+from lxmert_jax.model.config import LxmertConfig
+from lxmert_jax.model.outputs import LxmertModelOutput
 
 Array = jax.Array
 

@@ -17,9 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lxmert_jax import sharding as sharding_lib
-from lxmert_jax.configuration import LxmertConfig
-from lxmert_jax.modeling import dummy_inputs
+from lxmert_jax.training import sharding as sharding_lib
+from lxmert_jax.model.config import LxmertConfig
+from lxmert_jax.model.encoders import dummy_inputs
 
 
 @flax.struct.dataclass

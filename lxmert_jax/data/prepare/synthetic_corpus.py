@@ -19,8 +19,8 @@ JSONs with `sentf`/`labelf` per source (captions under `mscoco`/`vg`,
 questions under `vqa`/`gqa`), `all_ans.json`, and VQA/GQA/NLVR2 JSONs, so the
 real `prepare` path runs on it end to end.
 
-    python -m lxmert_jax.data.synthetic_corpus --out /tmp/corpus --num-images 200
-    python -m lxmert_jax.data.synthetic_corpus --demo-data /tmp/lxmert_data
+    python -m lxmert_jax.data.prepare.synthetic_corpus --out /tmp/corpus --num-images 200
+    python -m lxmert_jax.data.prepare.synthetic_corpus --demo-data /tmp/lxmert_data
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from typing import Sequence
 import numpy as np
 
 from lxmert_jax.data import layout
-from lxmert_jax.data import tsv_features
+from lxmert_jax.data.prepare import tsv_features
 
 OBJECT_CLASSES = ("cube", "sphere", "cylinder", "cone", "ball", "box", "cup", "bowl",
                   "bottle", "chair", "table", "lamp", "book", "vase", "plate", "hat")
@@ -509,7 +509,7 @@ def build_demo_data(data_dir: str, num_images: int = 200, seed: int = 0, feature
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m lxmert_jax.data.synthetic_corpus",
+  parser = argparse.ArgumentParser(prog="python -m lxmert_jax.data.prepare.synthetic_corpus",
                                    description=__doc__.split("\n")[0])
   target = parser.add_mutually_exclusive_group(required=True)
   target.add_argument("--out", help="write the corpus (reference layout) here")

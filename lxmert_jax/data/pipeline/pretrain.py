@@ -46,8 +46,8 @@ import grain
 import numpy as np
 
 from lxmert_jax.data import layout
-from lxmert_jax.data import loader_common
-from lxmert_jax.data import masking
+from lxmert_jax.data.pipeline import common
+from lxmert_jax.data.pipeline import masking
 from lxmert_jax.data import store
 from lxmert_jax.data import tokenization
 
@@ -246,7 +246,7 @@ class BuildExample(grain.transforms.RandomMap):
         "matched_label": np.int32(matched), "ans": np.int32(ans),
     }
     if isinstance(element, dict):
-      example[loader_common.MASK_KEY] = element[loader_common.MASK_KEY]
+      example[common.MASK_KEY] = element[common.MASK_KEY]
     return example
 
 
@@ -263,7 +263,7 @@ class CollatePretrain:
     self.feature_dtype = np.dtype(feature_dtype)
     if self.feature_dtype not in (np.float16, np.float32):
       raise ValueError(f"feature_dtype {self.feature_dtype}: expected float16 or float32")
-    self.pool = loader_common.BufferPool()
+    self.pool = common.BufferPool()
 
   def enable_shared_memory_output(self) -> None:
     """Called by grain when batches are produced in worker processes."""
@@ -283,11 +283,11 @@ class CollatePretrain:
       batch["feat_targets"] = targets
       return batch
     for i, example in enumerate(examples):
-      loader_common.to_float32(example["feat_targets"], targets[i])
+      common.to_float32(example["feat_targets"], targets[i])
       np.copyto(visual[i], targets[i])
       rows = np.flatnonzero(example["feat_mask"])
       if rows.size:
-        visual[i, rows] = loader_common.to_float32(example["visual_feats"][rows])
+        visual[i, rows] = common.to_float32(example["visual_feats"][rows])
     batch["visual_feats"] = visual
     batch["feat_targets"] = targets
     return batch
@@ -340,7 +340,7 @@ def make_pretrain_loader(data_dir: str, split: str | Sequence[str], *, batch_siz
                        task_matched=task_matched, feature_bank_size=feature_bank_size, seed=seed)
   data = PretrainData(data_dir, store.resolve_splits(split), cfg, sources=sources,
                       tokenizer=tokenizer)
-  return loader_common.make_loader(
+  return common.make_loader(
       _Source(data), [BuildExample(data)], batch_size=batch_size, seed=seed, shuffle=shuffle,
       num_epochs=num_epochs, shard_index=shard_index, shard_count=shard_count,
       drop_remainder=drop_remainder, worker_count=worker_count, read_threads=read_threads,

@@ -25,14 +25,15 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from lxmert_jax import heads, modeling
-from lxmert_jax.configuration import LxmertConfig
+from lxmert_jax.model import task_models
+from lxmert_jax.model import encoders
+from lxmert_jax.model.config import LxmertConfig
 
 ARCHITECTURES: dict[str, type[nn.Module]] = {
-    "LxmertModel": modeling.LxmertModel,
-    "LxmertForPreTraining": heads.LxmertForPreTraining,
-    "LxmertForQuestionAnswering": heads.LxmertForQuestionAnswering,
-    "LxmertForNLVR2": heads.LxmertForNLVR2,
+    "LxmertModel": encoders.LxmertModel,
+    "LxmertForPreTraining": task_models.LxmertForPreTraining,
+    "LxmertForQuestionAnswering": task_models.LxmertForQuestionAnswering,
+    "LxmertForNLVR2": task_models.LxmertForNLVR2,
 }
 
 
@@ -54,8 +55,8 @@ def architecture_name(model: nn.Module) -> str:
 
 def abstract_params(model: nn.Module, batch_size: int = 1) -> Any:
   """Shapes and dtypes of the model's parameters, without allocating them."""
-  inputs = modeling.dummy_inputs(model.config, batch_size, seq_len=4, num_objects=2)
-  if isinstance(model, heads.LxmertForNLVR2):
+  inputs = encoders.dummy_inputs(model.config, batch_size, seq_len=4, num_objects=2)
+  if isinstance(model, task_models.LxmertForNLVR2):
     inputs["visual_feats"] = np.stack([inputs["visual_feats"]] * 2, axis=1)
     inputs["visual_pos"] = np.stack([inputs["visual_pos"]] * 2, axis=1)
     inputs["visual_attention_mask"] = np.stack([inputs["visual_attention_mask"]] * 2, axis=1)

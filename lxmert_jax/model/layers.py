@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lxmert_jax.configuration import LxmertConfig
+from lxmert_jax.model.config import LxmertConfig
 
 Array = jax.Array
 

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from lxmert_jax.configuration import LxmertConfig
+from lxmert_jax.model.config import LxmertConfig
 
 Array = jax.Array
 IGNORE_INDEX = -100

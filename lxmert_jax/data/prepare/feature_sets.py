@@ -19,7 +19,7 @@ import tqdm
 from lxmert_jax.data import errors
 from lxmert_jax.data import layout
 from lxmert_jax.data import tfds_builders
-from lxmert_jax.data import tsv_features
+from lxmert_jax.data.prepare import tsv_features
 
 # TSV bytes per part. Features are float32 base64 in the TSV and float16
 # binary in the records (~0.375x), so a part is ~400 MB in memory while written.

@@ -22,13 +22,13 @@ from typing import Sequence
 
 from lxmert_jax.data import errors
 from lxmert_jax.data import layout
-from lxmert_jax.data import prepare_features
-from lxmert_jax.data import prepare_tasks
+from lxmert_jax.data.prepare import feature_sets
+from lxmert_jax.data.prepare import task_datasets
 from lxmert_jax.data import tokenization
 
-Inputs = prepare_tasks.Inputs
-Options = prepare_tasks.Options
-PrepareReport = prepare_features.PrepareReport
+Inputs = task_datasets.Inputs
+Options = task_datasets.Options
+PrepareReport = feature_sets.PrepareReport
 
 TASKS = ("pretrain", "vqa", "gqa", "nlvr2")
 
@@ -50,9 +50,9 @@ def prepare_task(task: str, data_dir: str, inputs: Inputs, opts: Options | None 
     Reports of every dataset written or reused.
   """
   if task == "pretrain":
-    return prepare_tasks.prepare_pretrain(data_dir, inputs, opts, splits=splits, qa_sets=qa_sets)
-  fns = {"vqa": prepare_tasks.prepare_vqa, "gqa": prepare_tasks.prepare_gqa,
-         "nlvr2": prepare_tasks.prepare_nlvr2}
+    return task_datasets.prepare_pretrain(data_dir, inputs, opts, splits=splits, qa_sets=qa_sets)
+  fns = {"vqa": task_datasets.prepare_vqa, "gqa": task_datasets.prepare_gqa,
+         "nlvr2": task_datasets.prepare_nlvr2}
   if task not in fns:
     raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
   return fns[task](data_dir, inputs, opts, splits=splits)
@@ -114,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--skip-bad", action="store_true",
                       help="count and skip bad rows/records instead of stopping")
   parser.add_argument("--overwrite", action="store_true", help="rebuild existing datasets")
-  parser.add_argument("--part-mb", type=int, default=prepare_features.DEFAULT_PART_BYTES >> 20,
+  parser.add_argument("--part-mb", type=int, default=feature_sets.DEFAULT_PART_BYTES >> 20,
                       help="TSV megabytes per stored part of a feature set")
   parser.add_argument("--compress-features", action="store_true",
                       help="zstd-compress feature records (smaller on disk, slower to read)")

@@ -1,0 +1,1 @@
+"""The live input pipeline: masking and grain loaders over prepared datasets."""

@@ -1,0 +1,1 @@
+"""Benchmark metrics for the fine-tuning tasks."""

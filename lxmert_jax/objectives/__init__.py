@@ -1,0 +1,1 @@
+"""What the model is trained to do: losses, the pre-training objective, masked decoding."""

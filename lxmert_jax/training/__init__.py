@@ -1,0 +1,1 @@
+"""The task-generic trainer: state, step, optimisers, sharding, checkpoints, logging."""
