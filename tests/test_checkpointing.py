@@ -3,6 +3,7 @@
 import logging
 import os
 
+from etils import epath
 import grain
 import jax
 import jax.numpy as jnp
@@ -40,20 +41,23 @@ def _state(mesh, value=1.0):
                        rng=jax.device_put(jax.random.key_data(jax.random.key(7)), rep))
 
 
-def test_round_trip_restores_state_shardings_and_data_position(tmp_path):
+@pytest.mark.parametrize("as_epath", [False, True], ids=["str", "epath"])
+def test_round_trip_restores_state_shardings_and_data_position(tmp_path, as_epath):
+  directory = epath.Path(tmp_path) if as_epath else str(tmp_path)
   mesh = sharding_lib.make_mesh(dict(data=2, fsdp=4, tensor=1))
   state = _state(mesh, 2.5)
   it = iter(_loader())
   for _ in range(3):
     next(it)
-  ckpt = checkpointing.Checkpointer(str(tmp_path), _ckpt_config())
+  ckpt = checkpointing.Checkpointer(directory, _ckpt_config())
+  assert ckpt.directory == epath.Path(tmp_path)
   assert ckpt.save(3, state, it, force=True)
   ckpt.wait_until_finished()
   expected_next = [next(it)["x"].tolist() for _ in range(2)]
   ckpt.close()
 
   fresh = iter(_loader())
-  ckpt = checkpointing.Checkpointer(str(tmp_path), _ckpt_config())
+  ckpt = checkpointing.Checkpointer(directory, _ckpt_config())
   assert ckpt.latest_step() == 3
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
                           state)
@@ -64,6 +68,17 @@ def test_round_trip_restores_state_shardings_and_data_position(tmp_path):
   assert restored.params["w"].sharding == state.params["w"].sharding
   assert int(restored.step) == 3
   np.testing.assert_array_equal(np.asarray(restored.rng), np.asarray(state.rng))
+
+
+def test_relative_directory_is_made_absolute(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  mesh = sharding_lib.make_mesh(dict(data=-1, fsdp=1, tensor=1))
+  ckpt = checkpointing.Checkpointer("run/checkpoints", _ckpt_config(async_save=False))
+  assert ckpt.directory == epath.Path(tmp_path / "run" / "checkpoints")
+  monkeypatch.chdir("/")
+  assert ckpt.save(2, _state(mesh), iter(_loader()), force=True)
+  ckpt.close()
+  assert (tmp_path / "run" / "checkpoints" / "2").is_dir()
 
 
 def test_keeps_latest_and_best(tmp_path):

@@ -15,12 +15,16 @@ from the last complete one.
 
 Retention: the latest `keep` checkpoints, plus the best `keep_best` by the
 configured metric among checkpoints saved with metrics.
+
+The directory may be local or a bucket URI (gs://...): orbax reads and writes
+through etils.epath and TensorStore, which both handle cloud paths. For gs://
+epath needs gcsfs (or TensorFlow), and orbax needs google-cloud-storage: it
+asks the bucket whether it has a hierarchical namespace when listing steps.
 """
 
 from __future__ import annotations
 
 import logging as std_logging
-import os
 import signal
 import threading
 from typing import Any, Mapping, Optional
@@ -30,6 +34,8 @@ import grain
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+
+from lxmert_jax import paths
 
 STATE = "state"
 DATA_ITER = "data_iter"
@@ -53,13 +59,14 @@ class Checkpointer:
   """Saves and restores `(TrainState, data iterator)` pairs under a directory.
 
   Args:
-    directory: where step directories live (created if missing).
+    directory: where step directories live (created if missing); a local path
+      (made absolute) or a URI such as gs://bucket/run/checkpoints.
     config: the `ckpt` config block: `every_steps`, `keep`, `keep_best`,
       `best_metric`, `best_mode` ('min' or 'max'), `async_save`.
   """
 
-  def __init__(self, directory: str, config: ml_collections.ConfigDict):
-    self.directory = os.path.abspath(directory)
+  def __init__(self, directory: paths.PathLike, config: ml_collections.ConfigDict):
+    self.directory = paths.resolve(directory)
     self.best_metric = config.best_metric
     policies: list[Any] = [ocp.checkpoint_managers.LatestN(config.keep)]
     if config.keep_best > 0:
