@@ -29,14 +29,18 @@ MODEL_VARIANTS: dict[str, dict[str, Any]] = {
                  l_layers=1, x_layers=1, r_layers=1),
 }
 
-# Logical parameter axes -> mesh axes. The first rule that fits wins; names
-# without a rule are replicated. With fsdp=1 and tensor=1 (the default mesh)
-# every parameter is replicated and the run is pure data parallel.
+# Logical parameter axes -> mesh axes (Flax's semantics: rules in order, a
+# rule takes its dimension when that mesh axis is still free in the array;
+# names without a rule are replicated). With fsdp=1 and tensor=1 (the default
+# mesh) every parameter is replicated and the run is pure data parallel.
 SHARDING_RULES = (
     ("vocab", "tensor"),
     ("heads", "tensor"),
     ("mlp", "tensor"),
     ("embed", "fsdp"),
+    # The output side of the square pooler and head-transform kernels: their
+    # `embed` input side takes fsdp, so only their biases split over it.
+    ("embed_out", "fsdp"),
     ("classes", None),
     ("vis_feat", None),
     ("box", None),

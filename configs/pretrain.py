@@ -22,6 +22,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     raise ValueError(f"configs/pretrain.py: unknown variant {arg.variant!r}; expected "
                      "'base', 'demo' or 'tiny'")
   config = ml_collections.ConfigDict()
+  config.task = "pretraining"  # lxmert_jax.tasks: what the trainer trains.
   config.seed = 9595  # The reference's seed.
 
   # --- Data -----------------------------------------------------------------
@@ -107,9 +108,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.eval_batches = 10  # Batches of the eval split per evaluation (0: all).
   config.log_every_steps = 100
   config.progress_bar = True
-  # Test hook: the loss of this step is replaced by NaN (-1: never), to check
-  # that a non-finite loss stops the run without saving.
-  config.debug_nan_at_step = -1
 
   if arg.variant == "demo":
     _demo(config)
@@ -147,9 +145,6 @@ def _demo(config: ml_collections.ConfigDict) -> None:
 def _tiny(config: ml_collections.ConfigDict) -> None:
   _synthetic(config, images=24)
   config.data.demo_feature_dim = 32
-  # Decode every row: no fallback branch to compile (the tests are compile-bound).
-  config.mlm_decode_fraction = 0.0
-  config.feat_decode_fraction = 0.0
   config.model = common.model_variant("tiny")
   config.batch_size = 8
   config.num_epochs = 1

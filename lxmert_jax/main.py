@@ -1,10 +1,12 @@
-"""Command line entry point for LXMERT pre-training.
+"""Command line entry point for training: pre-training now, fine-tuning tasks next.
 
     python -m lxmert_jax.main --config=configs/pretrain.py:demo --workdir=runs/demo
     python -m lxmert_jax.main --config=configs/pretrain.py --workdir=runs/base \
         --config.data.dir=/data/lxmert --config.optimizer.lr=5e-5
 
-The logic lives in `lxmert_jax.train` so it can be imported and tested; this
+The logic lives in `lxmert_jax.training.trainer` (the loop) and
+`lxmert_jax.tasks` (what `config.task` trains), so it can be imported and
+tested; this
 file only parses flags, starts multi-process JAX when asked to, and reports
 the process/device layout.
 
@@ -16,6 +18,7 @@ auto-detected on Cloud TPU, Slurm and Open MPI; elsewhere set JAX's
 
 import os
 import sys
+import tempfile
 
 from absl import app
 from absl import flags
@@ -23,7 +26,9 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
-from lxmert_jax import train
+from lxmert_jax import paths
+from lxmert_jax.tasks.base import DataNotFoundError
+from lxmert_jax.training import trainer
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and plots; "
@@ -48,17 +53,24 @@ def main(argv):
   _maybe_initialize_distributed()
   if not FLAGS.logtostderr:
     # The console shows the progress bar and metrics; the full log (including
-    # the libraries' INFO lines) goes to a file in the work directory.
-    os.makedirs(FLAGS.workdir, exist_ok=True)
-    logging.get_absl_handler().use_absl_log_file("lxmert_jax", FLAGS.workdir)
+    # the libraries' INFO lines) goes to a file in the work directory, or, for
+    # a bucket work directory, in a local temporary one (absl writes locally).
+    workdir = paths.resolve(FLAGS.workdir)
+    if paths.is_local(workdir):
+      workdir.mkdir(parents=True, exist_ok=True)
+      log_dir = os.fspath(workdir)
+    else:
+      log_dir = tempfile.mkdtemp(prefix="lxmert_jax_logs_")
+      print(f"log file in {log_dir} (the work directory is not local)", file=sys.stderr)
+    logging.get_absl_handler().use_absl_log_file("lxmert_jax", log_dir)
     if not FLAGS["stderrthreshold"].present:
       FLAGS.stderrthreshold = "warning"
   logging.info("JAX process %d of %d; %d local / %d global devices (%s)",
                jax.process_index(), jax.process_count(), jax.local_device_count(),
                jax.device_count(), jax.devices()[0].platform)
   try:
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except (train.NonFiniteLossError, train.DataNotFoundError) as e:
+    trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except (trainer.NonFiniteLossError, DataNotFoundError) as e:
     logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)

@@ -6,7 +6,7 @@ import pytest
 from configs import common, pretrain
 from lxmert_jax.objectives import pretraining
 from lxmert_jax.training import sharding as sharding_lib
-from lxmert_jax import train
+from lxmert_jax.tasks import pretraining as pretraining_task
 
 
 @pytest.mark.parametrize("arg", [None, "base", "demo", "tiny", "variant=tiny"])
@@ -14,7 +14,7 @@ def test_every_variant_builds_a_model_config(arg):
   config = pretrain.get_config(arg)
   data_fields = dict(vocab_size=100, num_qa_labels=10, num_object_labels=20,
                      num_attr_labels=5, visual_feat_dim=16)
-  model_config = train.model_config_from(config, data_fields)
+  model_config = pretraining_task.model_config_from(config, data_fields)
   assert model_config.vocab_size == 100
   sharding_lib.logical_rules(config.sharding_rules)
   assert config.optimizer.name in ("bert_adam", "adamw")
@@ -47,7 +47,7 @@ def test_task_switches_reach_the_model():
   config.objective.tasks.obj = False
   config.objective.tasks.attr = False
   config.objective.tasks.feat = False
-  model_config = train.model_config_from(config, {})
+  model_config = pretraining_task.model_config_from(config, {})
   assert not model_config.task_qa and not model_config.task_obj_predict
   assert model_config.task_mask_lm and model_config.task_matched
 
@@ -56,14 +56,14 @@ def test_unknown_task_is_an_error():
   config = pretrain.get_config("tiny")
   config.objective.tasks.captioning = True
   with pytest.raises(ValueError, match="unknown tasks"):
-    train.model_config_from(config, {})
+    pretraining_task.model_config_from(config, {})
 
 
 def test_unknown_model_field_is_an_error():
   config = pretrain.get_config("tiny")
   config.model.num_layers = 3
   with pytest.raises(ValueError, match="config.model"):
-    train.model_config_from(config, {})
+    pretraining_task.model_config_from(config, {})
 
 
 def test_unknown_variant_is_an_error():

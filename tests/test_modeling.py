@@ -16,8 +16,8 @@ from lxmert_jax.objectives import masked_decoding
 from lxmert_jax.model.config import LxmertConfig
 from model_utils import TINY, max_rel_error, random_inputs
 
-LOGICAL_AXES = {"vocab", "embed", "mlp", "heads", "pos", "type", "vis_feat", "box",
-                "classes", None}
+LOGICAL_AXES = {"vocab", "embed", "embed_out", "mlp", "heads", "pos", "type", "vis_feat",
+                "box", "classes", None}
 
 
 def init(model, inputs, seed=0):
@@ -52,6 +52,7 @@ def test_every_parameter_has_logical_axis_names():
   assert specs["lxmert"]["embeddings"]["word_embeddings"]["embedding"] == jax.P("vocab", "embed")
   query = specs["lxmert"]["encoder"]["x_layers_0"]["visual_attention"]["att"]["query"]
   assert query["kernel"] == jax.P("embed", "heads")
+  assert specs["lxmert"]["pooler"]["dense"]["kernel"] == jax.P("embed", "embed_out")
 
 
 def test_cross_attention_weights_are_shared_between_directions():

@@ -5,23 +5,26 @@ LxmertForPreTraining, dropout on, and float32 matmuls.
 """
 
 import functools
+import math
+import re
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 import pytest
 
 from configs import common
-from lxmert_jax.objectives import pretraining
+from configs import pretrain
 from lxmert_jax.training import optimizers
 from lxmert_jax.training import sharding as sharding_lib
-from lxmert_jax import train
 from lxmert_jax.training import train_state as ts
 from lxmert_jax.model.config import LxmertConfig
 from lxmert_jax.model.task_models import LxmertForPreTraining
+from lxmert_jax.objectives import masked_decoding
+from lxmert_jax.tasks import pretraining as pretraining_task
+from lxmert_jax.training import step as step_lib
 
 TINY = LxmertConfig(vocab_size=64, hidden_size=32, num_attention_heads=4, intermediate_size=64,
                     l_layers=1, x_layers=1, r_layers=1, visual_feat_dim=16, num_qa_labels=8,
@@ -31,13 +34,23 @@ MESHES = {"dp": dict(data=8, fsdp=1, tensor=1), "fsdp": dict(data=2, fsdp=4, ten
           "tp": dict(data=-1, fsdp=1, tensor=4)}
 
 
-def _batch(b=16, t=8, o=6, seed=0):
+def _batch(b=16, t=20, o=10, seed=0):
+  """A batch masked as the pipeline masks: about 15% of the words and of the boxes.
+
+  Every row has two masked words and one or two masked boxes, so each shard's
+  block fits the default decode fractions' slots and the gathered decoders run.
+  """
   rng = np.random.default_rng(seed)
   cfg = TINY
-  mask = (np.arange(t)[None] < rng.integers(3, t + 1, (b, 1))).astype(np.int32)
+  lengths = rng.integers(8, t + 1, (b, 1))
+  mask = (np.arange(t)[None] < lengths).astype(np.int32)
   ids = np.where(mask == 1, rng.integers(1, cfg.vocab_size, (b, t)), 0).astype(np.int32)
-  mlm = np.where(rng.uniform(size=(b, t)) < 0.3, rng.integers(0, cfg.vocab_size, (b, t)), -100)
-  mlm[:, 1] = rng.integers(0, cfg.vocab_size, b)
+  mlm = np.full((b, t), -100)
+  feat_mask = np.zeros((b, o), np.float32)
+  for row in range(b):
+    words = rng.choice(np.arange(1, lengths[row, 0] - 1), 2, replace=False)
+    mlm[row, words] = rng.integers(0, cfg.vocab_size, 2)
+    feat_mask[row, rng.choice(o, 1 + row % 2, replace=False)] = 1.0
   ans = rng.integers(0, cfg.num_qa_labels, b)
   ans[::3] = -100
   return dict(
@@ -52,14 +65,20 @@ def _batch(b=16, t=8, o=6, seed=0):
       attr_labels=rng.integers(0, cfg.num_attr_labels, (b, o)).astype(np.int32),
       attr_conf=rng.uniform(size=(b, o)).astype(np.float32),
       feat_targets=rng.normal(size=(b, o, cfg.visual_feat_dim)).astype(np.float32),
-      feat_mask=(rng.uniform(size=(b, o)) < 0.3).astype(np.float32))
+      feat_mask=feat_mask)
 
 
 def _run_config():
-  return ml_collections.ConfigDict(dict(
-      objective=dict(tasks={}, weights={}, qa_start_epoch=0),
-      optimizer=dict(name="bert_adam", lr=1e-3, warmup=0.1, b1=0.9, b2=0.999, eps=1e-6,
-                     weight_decay=0.01, clip_norm=1.0)))
+  """The tiny pre-training config at the default decode fractions (0.25 of the rows)."""
+  config = pretrain.get_config("tiny")
+  config.objective.qa_start_epoch = 0
+  config.optimizer.update(dict(lr=1e-3, warmup=0.1))
+  return config
+
+
+def _task(mesh, cfg=TINY):
+  return pretraining_task.PretrainingTask(_run_config(), cfg, steps_per_epoch=10,
+                                          num_groups=step_lib.batch_shards(mesh))
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -88,22 +107,25 @@ def _setup(name, vocab_size=TINY.vocab_size):
   return mesh, model, tx, schedule, shardings, state
 
 
-@functools.lru_cache(maxsize=None)
-def _step_results(name):
-  """Loss, gradients and the updated params of one step, from one jit on `name`."""
-  mesh, model, tx, schedule, shardings, state = _setup(name)
-  batch_sh = sharding_lib.batch_sharding(mesh)
-  batch = sharding_lib.global_batch(_batch(), batch_sh)
-  config = _run_config()
-
+def _step_fn(task, tx):
+  """Loss, gradients and the updated params of one step, as the trainer's step computes them."""
   def run(state, batch):
     # Step 5: past the warm-up's zero learning rate, so the update moves params.
     state = state.replace(step=jnp.int32(5))
-    weights = pretraining.loss_weights(config.objective, state.step, 10)
-    grads, metrics = train.grads_and_metrics(
-        model, TINY, state.params, batch, state.step_key(), weights, 1)
+    grads, metrics = step_lib.accumulated_grads(task, state.params, task.prepare_batch(batch),
+                                                state.step_key(), state.step, 1)
     updates, _ = tx.update(grads, state.opt_state, state.params)
     return metrics, grads, optax.apply_updates(state.params, updates)
+  return run
+
+
+@functools.lru_cache(maxsize=None)
+def _step_results(name):
+  """Loss, gradients and the updated params of one step, from one jit on `name`."""
+  mesh, _, tx, _, shardings, state = _setup(name)
+  batch_sh = sharding_lib.batch_sharding(mesh)
+  batch = sharding_lib.global_batch(_batch(), batch_sh)
+  run = _step_fn(_task(mesh), tx)
 
   with jax.default_matmul_precision("float32"), jax.set_mesh(mesh), \
       nn.logical_axis_rules(RULES):
@@ -132,9 +154,46 @@ def test_mesh_matches_single_device(name):
   assert loss_diff < 1e-5
   assert grad_diff < 1e-5
   assert param_diff < 1e-5
+  # Both ran the gathered decoders (per shard on the mesh), not the full ones.
+  assert float(metrics["decode_fallback"]) == float(ref_metrics["decode_fallback"]) == 0.0
   for key in metrics:
     if key.endswith(("_correct", "_count")):
       assert metrics[key] == ref_metrics[key], key
+
+
+# A vocabulary size no other dimension of the tiny model has, to find the
+# masked-LM decoder's arrays in the compiled program.
+ODD_VOCAB = 97
+
+
+@pytest.mark.parametrize("name", ["dp", "fsdp"])
+def test_masked_lm_decoder_runs_on_each_shards_own_rows(name):
+  mesh, _, tx, _, shardings, state = _setup(name, vocab_size=ODD_VOCAB)
+  cfg = TINY.replace(vocab_size=ODD_VOCAB)
+  task = _task(mesh, cfg)
+  batch_sh = sharding_lib.batch_sharding(mesh)
+  host = _batch()
+  host["input_ids"] %= ODD_VOCAB
+  batch = sharding_lib.global_batch(host, batch_sh)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(RULES):
+    compiled = jax.jit(_step_fn(task, tx), in_shardings=(shardings, batch_sh)).lower(
+        state, batch).compile()
+  hlo = compiled.as_text()
+  shards = step_lib.batch_shards(mesh)
+  rows = host["masked_lm_labels"].size
+  slots = masked_decoding.capacity(task.config.mlm_decode_fraction, rows // shards)
+  # Every [..., V] array of the partitioned program: the logits of the
+  # gathered rows, their softmax and gradients. Parameters are [V] or [V, D].
+  decoded = [tuple(int(d) for d in dims.split(",")[:-1])
+             for dims in re.findall(r"f32\[((?:\d+,)+97)\]", hlo)]
+  decoded = [d for d in decoded if d != (cfg.hidden_size,)]
+  assert decoded, "no masked-LM logits found in the compiled step"
+  # Each device decodes its own block's slots: not the whole batch's gathered
+  # rows, and not every position.
+  assert max(math.prod(d) for d in decoded) <= slots, sorted(set(decoded))
+  # The language stream is never gathered onto every device whole.
+  whole = f"f32[{host['input_ids'].shape[0]},{host['input_ids'].shape[1]},{cfg.hidden_size}]"
+  assert not [line for line in hlo.splitlines() if "all-gather" in line and whole in line]
 
 
 def _param(tree, path):
@@ -177,7 +236,7 @@ def test_batch_is_split_over_data_and_fsdp():
   mesh = sharding_lib.make_mesh(MESHES["fsdp"])
   batch = sharding_lib.global_batch(_batch(), sharding_lib.batch_sharding(mesh))
   assert batch["input_ids"].sharding.spec == jax.P(("data", "fsdp"))
-  assert {s.data.shape for s in batch["visual_feats"].addressable_shards} == {(2, 6, 16)}
+  assert {s.data.shape for s in batch["visual_feats"].addressable_shards} == {(2, 10, 16)}
 
 
 def test_indivisible_dimension_is_replicated():

@@ -14,6 +14,7 @@ import json
 import os
 from typing import Any, Mapping
 
+from etils import epath
 import jax.numpy as jnp
 
 # Keys of a Hugging Face `config.json` that describe the checkpoint rather than
@@ -154,15 +155,14 @@ class LxmertConfig:
   @classmethod
   def from_json_file(cls, path: str | os.PathLike) -> "LxmertConfig":
     try:
-      with open(path, encoding="utf-8") as f:
+      with epath.Path(path).open("r") as f:
         data = json.load(f)
     except json.JSONDecodeError as e:
       raise ValueError(f"{path}: not valid JSON ({e})") from e
     return cls.from_dict(data, source=str(path))
 
   def to_json_file(self, path: str | os.PathLike, **extra: Any) -> None:
+    """Writes `to_dict()` (plus `extra` keys) as JSON; `path` may be a bucket URI."""
     data = self.to_dict()
     data.update(extra)
-    with open(path, "w", encoding="utf-8") as f:
-      json.dump(data, f, indent=2, sort_keys=True)
-      f.write("\n")
+    epath.Path(path).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")

@@ -165,7 +165,7 @@ class Pooler(nn.Module):
   @nn.compact
   def __call__(self, lang: Array) -> Array:
     cfg = self.config
-    return jnp.tanh(layers.dense(cfg, cfg.hidden_size, ("embed", "embed"), "dense")(lang[:, 0]))
+    return jnp.tanh(layers.dense(cfg, cfg.hidden_size, ("embed", "embed_out"), "dense")(lang[:, 0]))
 
 
 def dummy_inputs(config: LxmertConfig, batch_size: int = 2, seq_len: int = 20,

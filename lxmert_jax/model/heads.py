@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from lxmert_jax.model import layers
 from lxmert_jax.model.config import LxmertConfig
+from lxmert_jax.model.gather import take_rows
 
 Array = jax.Array
 
@@ -27,7 +28,7 @@ class PredictionHeadTransform(nn.Module):
   @nn.compact
   def __call__(self, h: Array) -> Array:
     cfg = self.config
-    h = layers.dense(cfg, cfg.hidden_size, ("embed", "embed"), "dense")(h)
+    h = layers.dense(cfg, cfg.hidden_size, ("embed", "embed_out"), "dense")(h)
     return layers.layer_norm(cfg)(layers.activation(cfg.hidden_act, h))
 
 
@@ -84,8 +85,9 @@ class VisualDecoders(nn.Module):
 
     Args:
       h: [B, O, D] transformed vision states.
-      feat_positions: [K] flat indices into the B*O boxes; `feat` is then
-        [K, F] (the object and attribute losses read every box).
+      feat_positions: [G, K] indices into each of G equal blocks of
+        examples' boxes (`masked_decoding.gather_masked_boxes`); `feat` is
+        then [G, K, F] (the object and attribute losses read every box).
     """
     cfg = self.config
     sizes = {"obj": (cfg.num_object_labels, "classes"),
@@ -96,7 +98,7 @@ class VisualDecoders(nn.Module):
       num, axis = sizes[key]
       rows = h
       if key == "feat" and feat_positions is not None:
-        rows = h.reshape(-1, h.shape[-1])[feat_positions]
+        rows = take_rows(h, feat_positions)
       out[key] = layers.dense(cfg, num, ("embed", axis), key)(rows).astype(jnp.float32)
     return out
 

@@ -3,8 +3,10 @@
 Module and parameter names mirror Hugging Face's `modeling_lxmert.py`
 (`attention/self/query/kernel` is `attention.self.query.weight`), so that
 checkpoint conversion is a renaming plus transposes. Every parameter carries
-logical axis names (`vocab`, `embed`, `mlp`, `heads`, `pos`, `type`,
-`vis_feat`, `box`, `classes`) for sharding rules to map onto a device mesh.
+logical axis names (`vocab`, `embed`, `embed_out`, `mlp`, `heads`, `pos`,
+`type`, `vis_feat`, `box`, `classes`) for sharding rules to map onto a device
+mesh. A square hidden-to-hidden kernel is (`embed`, `embed_out`): each
+dimension needs its own name for Flax to map it.
 
 Numerics: matmuls run in `config.dtype`; LayerNorm statistics, attention
 scores and softmax run in float32.
@@ -49,9 +51,13 @@ def dense(config: LxmertConfig, features: int, axes: tuple[str, str], name: str,
 
 def layer_norm(config: LxmertConfig, axis_name: str = "embed",
                name: str = "LayerNorm") -> nn.LayerNorm:
-  """LayerNorm with eps 1e-12 and two-pass float32 variance, as the reference."""
+  """LayerNorm with `config.layer_norm_eps` and two-pass float32 variance.
+
+  The reference builds every LayerNorm with eps 1e-12, which is also the
+  config's default.
+  """
   return nn.LayerNorm(
-      epsilon=1e-12, use_fast_variance=False, dtype=config.compute_dtype,
+      epsilon=config.layer_norm_eps, use_fast_variance=False, dtype=config.compute_dtype,
       param_dtype=config.storage_dtype, scale_init=ones_init((axis_name,)),
       bias_init=zeros_init((axis_name,)), name=name)
 

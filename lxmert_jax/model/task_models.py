@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 from lxmert_jax.model.config import LxmertConfig
 from lxmert_jax.model.encoders import LxmertModel
+from lxmert_jax.model.gather import take_rows
 from lxmert_jax.model.heads import AnswerHead, PreTrainingHeads, VisualObjHead
 from lxmert_jax.model.outputs import (LxmertForNLVR2Output, LxmertForPreTrainingOutput,
                                       LxmertForQuestionAnsweringOutput, LxmertModelOutput)
@@ -60,15 +61,16 @@ class LxmertForPreTraining(nn.Module):
                output_attentions: bool = False) -> LxmertForPreTrainingOutput:
     """Runs the backbone and every enabled pre-training head.
 
-    `mlm_positions` ([K] flat indices into the B*T text positions, see
-    `masked_decoding.gather_masked_positions`) restricts the masked-LM decoder
-    to those positions: `prediction_logits` is then [K, V] and `labels`, if
-    given, are the [K] labels of those positions. The loss is unchanged, the
-    decoder's cost falls by T*B/K. `feat_positions` ([K'] flat indices into
-    the B*O boxes, `masked_decoding.gather_masked_boxes`) does the same for
-    the feature-regression decoder: `visual_prediction["feat"]` is [K', F];
-    `obj_labels["feat"]`, if given, are then the [K', F] targets and [K']
-    mask of those boxes.
+    `mlm_positions` ([G, K] indices into the text positions of each of G
+    equal blocks of examples, see `masked_decoding.gather_masked_positions`)
+    restricts the masked-LM decoder to those positions: `prediction_logits`
+    is then [G, K, V] and `labels`, if given, are the [G, K] labels of those
+    positions. The loss is unchanged, the decoder's cost falls by B*T/(G*K).
+    `feat_positions` ([G, K'] indices into each block's boxes,
+    `masked_decoding.gather_masked_boxes`) does the same for the
+    feature-regression decoder: `visual_prediction["feat"]` is [G, K', F];
+    `obj_labels["feat"]`, if given, are then the [G, K', F] targets and
+    [G, K'] mask of those boxes.
     """
     cfg = self.config
     base = self.encode(input_ids, visual_feats, visual_pos, attention_mask, token_type_ids,
@@ -112,7 +114,7 @@ class LxmertForPreTraining(nn.Module):
     """
     lang = language_output
     if mlm_positions is not None:
-      lang = lang.reshape(-1, lang.shape[-1])[mlm_positions]
+      lang = take_rows(lang, mlm_positions)
     mlm, match = self.cls(lang, pooled_output, _word_embeddings(self.lxmert))
     visual = (self.obj_predict_head(vision_output, feat_positions)
               if self.obj_predict_head is not None else None)

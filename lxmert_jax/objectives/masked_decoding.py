@@ -36,6 +36,7 @@ import jax.numpy as jnp
 
 from lxmert_jax.objectives import losses
 from lxmert_jax.model.config import LxmertConfig
+from lxmert_jax.model.gather import take_rows
 
 Array = jax.Array
 Batch = Mapping[str, Array]
@@ -48,58 +49,71 @@ def capacity(fraction: float, num_rows: int) -> Optional[int]:
 
 
 def gather_rows(valid: Array, num_slots: int) -> tuple[Array, Array, Array]:
-  """Flat indices of the True entries of `valid`, padded to a static size.
+  """Per group, the indices of the True entries of `valid`, padded to a static size.
 
   Args:
-    valid: boolean array of any shape, read in row-major order.
-    num_slots: the static number K of indices to return.
+    valid: [G, R] booleans: G groups (blocks of whole examples) of R rows.
+    num_slots: the static number K of indices per group.
 
   Returns:
-    (indices [K] into `valid.reshape(-1)`, padding slots pointing at row 0;
-    filled [K], True for the slots that hold a valid row; overflow, True when
-    more than K entries were valid and some were left out).
+    (indices [G, K] into each group's R rows, padding slots pointing at row
+    0; filled [G, K], True for the slots that hold a valid row; overflow,
+    True when some group had more than K valid rows and some were left out).
   """
-  flat = valid.reshape(-1)
-  (indices,) = jnp.nonzero(flat, size=num_slots, fill_value=0)
-  count = jnp.sum(flat)
-  return indices, jnp.arange(num_slots) < count, count > num_slots
+  def one_group(flags):
+    (indices,) = jnp.nonzero(flags, size=num_slots, fill_value=0)
+    return indices, jnp.sum(flags)
+
+  indices, counts = jax.vmap(one_group)(valid)
+  filled = jnp.arange(num_slots)[None, :] < counts[:, None]
+  return indices, filled, jnp.any(counts > num_slots)
 
 
-def gather_masked_positions(labels: Array, num_slots: int) -> tuple[Array, Array, Array]:
-  """The labelled text positions of masked-LM `labels` [B, T], in `num_slots` slots.
+def gather_masked_positions(labels: Array, num_slots: int, num_groups: int = 1
+                            ) -> tuple[Array, Array, Array]:
+  """The labelled text positions of masked-LM `labels` [B, T], `num_slots` per group.
+
+  Args:
+    labels: [B, T] masked-LM labels (negative: not scored).
+    num_slots: K, the slots of each group.
+    num_groups: G, the number of equal blocks of examples gathered
+      separately (the batch's data-parallel shards).
 
   Returns:
-    (positions [K] into the flattened B*T positions, their labels [K] with
-    padding slots set to IGNORE_INDEX, overflow: more than K were labelled).
+    (positions [G, K] into each group's (B/G)*T positions, their labels
+    [G, K] with padding slots set to IGNORE_INDEX, overflow).
   """
-  flat = labels.reshape(-1)
+  flat = labels.reshape(num_groups, -1)
   positions, filled, overflow = gather_rows(flat >= 0, num_slots)
-  return positions, jnp.where(filled, flat[positions], losses.IGNORE_INDEX), overflow
+  picked = jnp.take_along_axis(flat, positions, axis=1)
+  return positions, jnp.where(filled, picked, losses.IGNORE_INDEX), overflow
 
 
-def gather_masked_boxes(feat_targets: Array, feat_mask: Array, num_slots: int
-                        ) -> tuple[Array, Array, Array, Array]:
-  """The masked boxes' regression targets, in `num_slots` slots.
+def gather_masked_boxes(feat_targets: Array, feat_mask: Array, num_slots: int,
+                        num_groups: int = 1) -> tuple[Array, Array, Array, Array]:
+  """The masked boxes' regression targets, `num_slots` per group.
 
   Args:
     feat_targets: [B, O, F] the boxes' original features.
     feat_mask: [B, O], non-zero on the boxes whose features were masked.
-    num_slots: the static number K of slots.
+    num_slots: K, the slots of each group.
+    num_groups: G, as in `gather_masked_positions`.
 
   Returns:
-    (positions [K] into the flattened B*O boxes, targets [K, F], mask [K]
-    (the box's mask value, 0 in padding slots), overflow).
+    (positions [G, K] into each group's (B/G)*O boxes, targets [G, K, F],
+    mask [G, K] (the box's mask value, 0 in padding slots), overflow).
   """
-  flat_mask = feat_mask.reshape(-1)
+  flat_mask = feat_mask.reshape(num_groups, -1)
   positions, filled, overflow = gather_rows(flat_mask != 0, num_slots)
-  targets = feat_targets.reshape(-1, feat_targets.shape[-1])[positions]
-  mask = jnp.where(filled, flat_mask[positions], jnp.zeros((), flat_mask.dtype))
+  targets = take_rows(feat_targets, positions)
+  picked = jnp.take_along_axis(flat_mask, positions, axis=1)
+  mask = jnp.where(filled, picked, jnp.zeros((), flat_mask.dtype))
   return positions, targets, mask, overflow
 
 
 def with_masked_decoding(run: Callable[[Mapping[str, Array], Batch], Result], batch: Batch,
                          config: LxmertConfig, *, mlm_fraction: float,
-                         feat_fraction: float) -> tuple[Result, Array]:
+                         feat_fraction: float, num_groups: int = 1) -> tuple[Result, Array]:
   """`run(positions, batch)` with the decoders restricted to the masked rows.
 
   Args:
@@ -112,33 +126,41 @@ def with_masked_decoding(run: Callable[[Mapping[str, Array], Batch], Result], ba
     batch: a pre-training batch (`masked_lm_labels`, `feat_targets`,
       `feat_mask`, ...).
     config: the model config; a decoder whose task is off is not gathered.
-    mlm_fraction: slots for the masked-LM decoder, as a fraction of B*T
-      (0: decode every position).
+    mlm_fraction: slots for the masked-LM decoder, as a fraction of the
+      text positions (0: decode every position).
     feat_fraction: slots for the feature-regression decoder, as a fraction
-      of B*O (0: decode every box).
+      of the boxes (0: decode every box).
+    num_groups: the batch is gathered in this many equal blocks of examples,
+      each with its own slots (the fractions apply per block). Set it to
+      the number of data-parallel shards: each device then gathers and
+      decodes its own rows, and no hidden states cross devices.
 
   Returns:
     (`run`'s result, fallback): the result is the gathered branch's, or the
-    full branch's when the batch has more masked rows than slots, in which
+    full branch's when a block has more masked rows than slots, in which
     case `fallback` is True.
   """
-  mlm_slots = (capacity(mlm_fraction, batch["masked_lm_labels"].size)
+  if batch["masked_lm_labels"].shape[0] % num_groups:
+    raise ValueError(f"masked decoding: batch of {batch['masked_lm_labels'].shape[0]} "
+                     f"examples does not split into {num_groups} groups")
+  mlm_slots = (capacity(mlm_fraction, batch["masked_lm_labels"].size // num_groups)
                if config.task_mask_lm else None)
   feat_on = config.task_obj_predict and "feat" in config.visual_losses
-  feat_slots = capacity(feat_fraction, batch["feat_mask"].size) if feat_on else None
+  feat_slots = (capacity(feat_fraction, batch["feat_mask"].size // num_groups)
+                if feat_on else None)
   if mlm_slots is None and feat_slots is None:
     return run({}, batch), jnp.zeros((), bool)
-  positions, gathered, overflow = gathered_batch(batch, mlm_slots, feat_slots)
+  positions, gathered, overflow = gathered_batch(batch, mlm_slots, feat_slots, num_groups)
   result = jax.lax.cond(overflow, lambda: run({}, batch), lambda: run(positions, gathered))
   return result, overflow
 
 
-def gathered_batch(batch: Batch, mlm_slots: Optional[int], feat_slots: Optional[int]
-                   ) -> tuple[dict[str, Array], dict[str, Array], Array]:
+def gathered_batch(batch: Batch, mlm_slots: Optional[int], feat_slots: Optional[int],
+                   num_groups: int = 1) -> tuple[dict[str, Array], dict[str, Array], Array]:
   """(model keyword arguments, batch with gathered labels, overflow) for the given slots.
 
-  The gathered batch holds `masked_lm_labels` [K_mlm] and `feat_targets`
-  [K_feat, F] / `feat_mask` [K_feat] for the gathered rows, and
+  The gathered batch holds `masked_lm_labels` [G, K_mlm] and `feat_targets`
+  [G, K_feat, F] / `feat_mask` [G, K_feat] for the gathered rows, and
   `feat_num_boxes`, the B*O boxes the feature loss averages over (as the
   reference does, unmasked boxes counting as zeros).
   """
@@ -147,11 +169,11 @@ def gathered_batch(batch: Batch, mlm_slots: Optional[int], feat_slots: Optional[
   overflow = jnp.zeros((), bool)
   if mlm_slots is not None:
     positions["mlm_positions"], out["masked_lm_labels"], over = gather_masked_positions(
-        batch["masked_lm_labels"], mlm_slots)
+        batch["masked_lm_labels"], mlm_slots, num_groups)
     overflow = overflow | over
   if feat_slots is not None:
     positions["feat_positions"], out["feat_targets"], out["feat_mask"], over = (
-        gather_masked_boxes(batch["feat_targets"], batch["feat_mask"], feat_slots))
+        gather_masked_boxes(batch["feat_targets"], batch["feat_mask"], feat_slots, num_groups))
     out[losses.FEAT_NUM_BOXES] = batch["feat_mask"].size
     overflow = overflow | over
   return positions, out, overflow
@@ -195,7 +217,8 @@ def _decode(model: nn.Module, params: Any, streams: tuple[Array, Array, Array],
 def pretraining_scores(model: nn.Module, params: Mapping[str, Any],
                        inputs: Mapping[str, Array], batch: Batch, key: Array,
                        score: Callable[[Any, Batch], Result], *, deterministic: bool,
-                       mlm_fraction: float, feat_fraction: float) -> tuple[Result, Array]:
+                       mlm_fraction: float, feat_fraction: float, num_groups: int = 1
+                       ) -> tuple[Result, Array]:
   """`score(heads, labels)` for an `LxmertForPreTraining`, decoding masked rows only.
 
   The backbone runs once, outside `with_masked_decoding`'s cond; only the
@@ -207,13 +230,14 @@ def pretraining_scores(model: nn.Module, params: Mapping[str, Any],
   streams = _encoder(model, inputs, key, deterministic)(params)
   return with_masked_decoding(
       lambda positions, labels: score(_decode(model, params, streams, positions), labels),
-      batch, model.config, mlm_fraction=mlm_fraction, feat_fraction=feat_fraction)
+      batch, model.config, mlm_fraction=mlm_fraction, feat_fraction=feat_fraction,
+      num_groups=num_groups)
 
 
 def pretraining_grads(model: nn.Module, params: Mapping[str, Any], inputs: Mapping[str, Array],
                       batch: Batch, key: Array,
                       score: Callable[[Any, Batch], tuple[Array, Mapping[str, Array]]], *,
-                      mlm_fraction: float, feat_fraction: float
+                      mlm_fraction: float, feat_fraction: float, num_groups: int = 1
                       ) -> tuple[Any, Mapping[str, Array], Array]:
   """Gradients of `score`'s loss for an `LxmertForPreTraining`, decoding masked rows only.
 
@@ -231,7 +255,7 @@ def pretraining_grads(model: nn.Module, params: Mapping[str, Any], inputs: Mappi
     key: the dropout key.
     score: `(heads output, labels) -> (loss, metrics)`; the labels are the
       gathered ones when the decoders run on gathered rows.
-    mlm_fraction, feat_fraction: see `with_masked_decoding`.
+    mlm_fraction, feat_fraction, num_groups: see `with_masked_decoding`.
 
   Returns:
     (gradients for every parameter, score's metrics, fallback flag).
@@ -246,6 +270,7 @@ def pretraining_grads(model: nn.Module, params: Mapping[str, Any], inputs: Mappi
     return grads, metrics
 
   ((head_grads, stream_grads), metrics), fallback = with_masked_decoding(
-      run, batch, model.config, mlm_fraction=mlm_fraction, feat_fraction=feat_fraction)
+      run, batch, model.config, mlm_fraction=mlm_fraction, feat_fraction=feat_fraction,
+      num_groups=num_groups)
   (grads,) = backbone_vjp(stream_grads)
   return _add_head_grads(grads, head_grads), metrics, fallback

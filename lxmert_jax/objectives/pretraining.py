@@ -15,12 +15,11 @@ sentences carrying no answer. `objective.qa_start_epoch` and
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from lxmert_jax.objectives import losses
 
@@ -64,16 +63,26 @@ def loss_weights(objective: ml_collections.ConfigDict, step: jax.Array,
 
 
 def compute(outputs: Any, batch: Mapping[str, jax.Array], model_config: Any,
-            weights: Mapping[str, jax.Array]) -> tuple[jax.Array, dict[str, jax.Array]]:
+            weights: Mapping[str, jax.Array], counts: Optional[Mapping[str, jax.Array]] = None
+            ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """The weighted total loss and the step's metrics.
+
+  Args:
+    outputs: the heads' outputs.
+    batch: the labels (pipeline format).
+    model_config: task switches and the visual normaliser.
+    weights: per-task weights (`loss_weights`).
+    counts: what each task's loss is averaged over (`losses.batch_counts`
+      of the whole batch); by default this batch's own.
 
   Returns:
     (total loss, metrics) where metrics hold `loss`, `loss/<task>` (the
-    unweighted per-task means), `weight/qa`, and `<task>_correct` /
-    `<task>_count` sums for the accuracies.
+    unweighted per-task means) and `<task>_correct` / `<task>_count` sums
+    for the accuracies. With the whole batch's `counts`, every metric of a
+    micro-batch is its share of the whole batch's: they add up.
   """
-  total, terms = losses.pretraining_losses(outputs, batch, model_config, weights)
-  metrics = {"loss": total, "weight/qa": jnp.asarray(weights["qa"], jnp.float32)}
+  total, terms = losses.pretraining_losses(outputs, batch, model_config, weights, counts)
+  metrics = {"loss": total}
   metrics.update({f"loss/{k}": v for k, v in terms.items()})
   # A switched-off task may still have logits (transformers always runs the
   # masked-LM head); its untrained accuracy would only mislead.
@@ -82,32 +91,8 @@ def compute(outputs: Any, batch: Mapping[str, jax.Array], model_config: Any,
   return total, metrics
 
 
-def summarize(sums: Mapping[str, float], num_steps: int) -> dict[str, float]:
-  """Host-side summary of metrics summed over `num_steps` steps.
-
-  Losses (and the QA weight) are averaged over steps; `<task>_correct` and
-  `<task>_count` sums become `acc/<task>` accuracies.
-  """
-  out = {}
-  for key, value in sums.items():
-    if key.endswith("_correct") or key.endswith("_count"):
-      continue
-    out[key] = float(value) / max(num_steps, 1)
-  for task in ACCURACY_TASKS:
-    count = float(sums.get(f"{task}_count", 0.0))
-    if count > 0:
-      out[f"acc/{task}"] = float(sums[f"{task}_correct"]) / count
-  return out
-
-
 def chance_accuracy(model_config: Any) -> dict[str, float]:
   """Accuracy of uniform guessing per task, to judge the learned accuracies."""
   return {"mlm": 1.0 / model_config.vocab_size, "matched": 0.5,
           "qa": 1.0 / model_config.num_qa_labels, "obj": 1.0 / model_config.num_object_labels,
           "attr": 1.0 / model_config.num_attr_labels}
-
-
-def add_to(sums: dict[str, float], metrics: Mapping[str, Any]) -> None:
-  """Accumulates one step's host metrics into `sums` (in float64)."""
-  for key, value in metrics.items():
-    sums[key] = sums.get(key, 0.0) + float(np.asarray(value, np.float64))

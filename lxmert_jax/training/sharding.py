@@ -94,51 +94,64 @@ def replicated(mesh: jax.sharding.Mesh) -> jax.NamedSharding:
   return jax.NamedSharding(mesh, jax.P())
 
 
-def logical_to_mesh_spec(names: Sequence[Optional[str]], rules: Rules) -> jax.P:
-  """Maps one parameter's logical dimension names to a mesh PartitionSpec.
+def _axes(entry: Any) -> tuple[str, ...]:
+  """The mesh axes of one PartitionSpec entry (None, a name or a tuple)."""
+  if entry is None:
+    return ()
+  return tuple(entry) if isinstance(entry, tuple) else (entry,)
 
-  Follows Flax's rule semantics (rules in order; a rule applies to the first
-  still-unassigned dimension of its name when none of its mesh axes is taken
-  yet; unmatched dimensions are replicated), but also accepts a name that
-  appears twice, e.g. a square `(embed, embed)` kernel: only its first
-  dimension can take the mesh axis, since an axis can split one dimension.
+
+def _path_name(path: Sequence[Any]) -> str:
+  """`cls/predictions/bias` for a tree path."""
+  return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+
+
+def _resolved(abstract_boxed: Any, rules: Rules
+              ) -> tuple[list[tuple[str, tuple[int, ...], tuple[Any, ...], jax.P]], Any]:
+  """(name, shape, logical names, mesh spec) of each leaf, and the treedef.
+
+  The mesh specs are Flax's own mapping (`nn.logical_to_mesh_axes`) of each
+  box's logical names; leaves without a box get P() (replicated).
   """
-  result: list[Any] = [None] * len(names)
-  assigned = [False] * len(names)
-  used: set[str] = set()
-  for rule_name, axis in rules:
-    for i, name in enumerate(names):
-      if name != rule_name or assigned[i]:
-        continue
-      axes = axis if isinstance(axis, tuple) else (axis,) if axis is not None else ()
-      if any(a in used for a in axes):
-        continue
-      result[i] = axis
-      assigned[i] = True
-      used.update(axes)
-      break
-  return jax.P(*result)
+  logical = nn.get_partition_spec(abstract_boxed)
+  shapes = nn.unbox(abstract_boxed)
+  flat_shapes, treedef = jax.tree_util.tree_flatten_with_path(shapes)
+  flat_logical = treedef.flatten_up_to(logical)
+  out = []
+  for (path, leaf), names in zip(flat_shapes, flat_logical):
+    names = tuple(names) if isinstance(names, jax.P) else ()
+    out.append((_path_name(path), tuple(leaf.shape), names,
+                nn.logical_to_mesh_axes(names, rules)))
+  return out, treedef
 
 
-def _fit_to_shape(spec: jax.P, shape: tuple[int, ...], mesh: jax.sharding.Mesh,
-                  name: str) -> jax.P:
-  """Drops mesh axes from dimensions they do not divide.
+def _indivisible(spec: jax.P, shape: tuple[int, ...], mesh: jax.sharding.Mesh
+                 ) -> list[tuple[int, tuple[str, ...]]]:
+  """(dimension, mesh axes) of each dimension its mesh axes do not divide."""
+  entries = list(spec) + [None] * (len(shape) - len(spec))
+  return [(i, _axes(entry)) for i, (dim, entry) in enumerate(zip(shape, entries))
+          if _axes(entry) and dim % math.prod(mesh.shape[a] for a in _axes(entry))]
+
+
+def _fit_to_shape(spec: jax.P, shape: tuple[int, ...], mesh: jax.sharding.Mesh) -> jax.P:
+  """Drops mesh axes from the dimensions they do not divide.
 
   A rule such as vocab -> tensor cannot split BERT's 30,522 rows four ways;
-  that dimension is replicated instead (and logged) rather than failing.
+  that dimension is replicated instead of failing (`unsplit_dimensions` lists
+  them).
   """
   entries = list(spec) + [None] * (len(shape) - len(spec))
-  fitted = []
-  for dim, entry in zip(shape, entries):
-    axes = entry if isinstance(entry, tuple) else (entry,) if entry else ()
-    size = math.prod(mesh.shape[a] for a in axes)
-    if axes and dim % size:
-      logging.info("sharding: %s dimension %d (size %d) is not divisible by mesh axes %s "
-                   "(%d); replicating it", name, len(fitted), dim, axes, size)
-      fitted.append(None)
-    else:
-      fitted.append(entry)
-  return jax.P(*fitted)
+  for i, _ in _indivisible(spec, shape, mesh):
+    entries[i] = None
+  return jax.P(*entries)
+
+
+def _unsplit_line(name: str, dim: int, names: tuple[Any, ...], shape: tuple[int, ...],
+                  axes: tuple[str, ...], mesh: jax.sharding.Mesh) -> str:
+  logical = names[dim] if dim < len(names) else None
+  split = " x ".join(f"{a}={mesh.shape[a]}" for a in axes)
+  return (f"{name} dim {dim} ({logical}, {shape[dim]}) not divisible by {split}: "
+          "replicated")
 
 
 def logical_to_shardings(abstract_boxed: Any, mesh: jax.sharding.Mesh,
@@ -151,19 +164,39 @@ def logical_to_shardings(abstract_boxed: Any, mesh: jax.sharding.Mesh,
     rules: logical-name -> mesh-axis rules.
 
   Returns:
-    A tree of `NamedSharding` with the structure of `nn.unbox(abstract_boxed)`;
-    leaves without logical names are replicated.
+    A tree of `NamedSharding` with the structure of `nn.unbox(abstract_boxed)`:
+    Flax's mapping of each leaf's logical names, except that a dimension its
+    mesh axes do not divide is replicated (and logged); leaves without logical
+    names are replicated.
   """
-  specs = nn.get_partition_spec(abstract_boxed)
-  shapes = nn.unbox(abstract_boxed)
-  flat_shapes, treedef = jax.tree_util.tree_flatten_with_path(shapes)
-  flat_specs = treedef.flatten_up_to(specs)
+  leaves, treedef = _resolved(abstract_boxed, rules)
   out = []
-  for (path, leaf), logical in zip(flat_shapes, flat_specs):
-    spec = logical_to_mesh_spec(tuple(logical) if isinstance(logical, jax.P) else (), rules)
-    name = jax.tree_util.keystr(path)
-    out.append(jax.NamedSharding(mesh, _fit_to_shape(spec, tuple(leaf.shape), mesh, name)))
+  for name, shape, names, spec in leaves:
+    for dim, axes in _indivisible(spec, shape, mesh):
+      logging.info("sharding: %s", _unsplit_line(name, dim, names, shape, axes, mesh))
+    out.append(jax.NamedSharding(mesh, _fit_to_shape(spec, shape, mesh)))
   return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def unsplit_dimensions(abstract_boxed: Any, mesh: jax.sharding.Mesh,
+                       rules: Rules) -> list[str]:
+  """The dimensions the rules would split but the mesh cannot, one line each.
+
+  E.g. `cls/predictions/bias dim 0 (vocab, 30522) not divisible by tensor=8:
+  replicated`. `logical_to_shardings` replicates these dimensions and only
+  logs them; this list is for a run's start-up summary, where a layout that
+  lost a split must be visible. Empty when every rule applies as written.
+
+  Args:
+    abstract_boxed: as for `logical_to_shardings`.
+    mesh: the device mesh.
+    rules: logical-name -> mesh-axis rules.
+  """
+  lines = []
+  for name, shape, names, spec in _resolved(abstract_boxed, rules)[0]:
+    lines.extend(_unsplit_line(name, dim, names, shape, axes, mesh)
+                 for dim, axes in _indivisible(spec, shape, mesh))
+  return lines
 
 
 def global_batch(host_batch: Mapping[str, np.ndarray],

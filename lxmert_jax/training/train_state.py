@@ -2,8 +2,9 @@
 
 Parameters and optimiser moments are never materialised on one device: the
 initialiser runs under `jax.jit` with the state's shardings as
-`out_shardings`, so each device computes only its own shards. That is what
-makes models larger than one device's memory start at all.
+`out_shardings`, inside the mesh and the logical-axis rules (when there are
+any), so each device computes only its own shards. That is what makes models larger than one
+device's memory start at all.
 """
 
 from __future__ import annotations
@@ -94,7 +95,8 @@ def seed_keys(seed: int) -> tuple[jax.Array, jax.Array]:
 
 def create_train_state(model: nn.Module, config: LxmertConfig,
                        tx: optax.GradientTransformation, shardings: TrainState, seed: int,
-                       params: Optional[Any] = None) -> TrainState:
+                       params: Optional[Any] = None, *,
+                       rules: Optional[sharding_lib.Rules] = None) -> TrainState:
   """Initialises the state directly in its sharded layout.
 
   Args:
@@ -105,32 +107,38 @@ def create_train_state(model: nn.Module, config: LxmertConfig,
     seed: seeds both the parameter init and the run's base rng.
     params: parameters to start from instead of the model's own init (e.g.
       from `init_weights`); placed with the parameter shardings.
+    rules: the logical-axis rules; by default those in effect
+      (`nn.logical_axis_rules`), if any.
 
   Returns:
     A `TrainState` at step 0.
 
-  Call this outside `jax.set_mesh`: under a mesh, Flax would constrain each
-  parameter box with its own rule mapping while the model initialises; the
-  `out_shardings` here already place every leaf, and XLA partitions the
-  initialiser accordingly.
+  The model initialises under the shardings' mesh and the rules, so Flax
+  constrains each parameter to its rules' layout as it is created; the
+  `out_shardings` then place every leaf as `shardings` says (which replicates
+  the dimensions the mesh cannot split). It may be called inside or outside
+  `jax.set_mesh`.
   """
   init_key, run_key = seed_keys(seed)
   run_rng = jax.random.key_data(run_key)
+  if rules is None:
+    rules = nn.get_logical_axis_rules()
 
   def new_state(p):
     return TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p),
                       rng=run_rng)
 
-  if params is None:
-    inputs = dummy_inputs(config, batch_size=1, seq_len=4, num_objects=2)
+  with jax.set_mesh(shardings.step.mesh), nn.logical_axis_rules(rules):
+    if params is None:
+      inputs = dummy_inputs(config, batch_size=1, seq_len=4, num_objects=2)
 
-    def init() -> TrainState:
-      boxed = model.init(init_key, **inputs)["params"]
-      return new_state(nn.unbox(boxed))
+      def init() -> TrainState:
+        boxed = model.init(init_key, **inputs)["params"]
+        return new_state(nn.unbox(boxed))
 
-    return jax.jit(init, out_shardings=shardings)()
-  params = jax.device_put(params, shardings.params)
-  return jax.jit(new_state, out_shardings=shardings)(params)
+      return jax.jit(init, out_shardings=shardings)()
+    params = jax.device_put(params, shardings.params)
+    return jax.jit(new_state, out_shardings=shardings)(params)
 
 
 def count_params(params: Any) -> int:
