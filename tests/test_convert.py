@@ -142,7 +142,24 @@ def test_original_finetuned_vqa_and_nlvr2_snapshots(tmp_path):
     lxmert_jax.save_pretrained_hf(model.config, params, tmp_path / "nlvr2-hf")
 
 
-def test_shape_mismatch_names_key_and_both_shapes_and_writes_nothing(tmp_path):
+def _cli_error(capsys, argv):
+  """Runs the command line expecting failure; returns its stderr."""
+  capsys.readouterr()
+  with pytest.raises(SystemExit) as exit_info:
+    convert.main(argv)
+  assert exit_info.value.code == 1
+  captured = capsys.readouterr()
+  assert "Traceback" not in captured.err and captured.out == ""
+  assert len(captured.err.strip().splitlines()) == 1, captured.err
+  return captured.err
+
+
+def _nothing_written(tmp_path, out):
+  assert not out.exists()
+  assert [p for p in os.listdir(tmp_path) if p.startswith(".tmp")] == []
+
+
+def test_shape_mismatch_names_key_and_both_shapes_and_writes_nothing(tmp_path, capsys):
   _, hf_dir = save_hf(tmp_path)
   state = load_file(hf_dir / "model.safetensors")
   from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
@@ -150,12 +167,106 @@ def test_shape_mismatch_names_key_and_both_shapes_and_writes_nothing(tmp_path):
   state[key] = np.zeros((5, TINY["hidden_size"]), np.float32)
   save_file(state, hf_dir / "model.safetensors")
   out = tmp_path / "out"
-  with pytest.raises(convert.ConversionError) as err:
-    convert.main(["hf-to-jax", str(hf_dir), str(out)])
-  message = str(err.value)
-  assert key in message and "(5, 32)" in message and "(48, 32)" in message
-  assert not out.exists()
-  assert [p for p in os.listdir(tmp_path) if p.startswith(".tmp")] == []
+  message = _cli_error(capsys, ["hf-to-jax", str(hf_dir), str(out)])
+  assert key in message and "lxmert/encoder/layer_0/intermediate/dense/kernel" in message
+  assert "(5, 32)" in message and "(48, 32)" in message
+  _nothing_written(tmp_path, out)
+
+
+def _original_snapshot(tmp_path, **replace):
+  hf, _ = save_hf(tmp_path)
+  state = {k: v.numpy() for k, v in hf.state_dict().items()}
+  original = {"module." + k: v for k, v in _original_keys(state, "bert.").items()}
+  original.update({k: torch.tensor(v) for k, v in replace.items()})
+  path = tmp_path / "Epoch20_LXRT.pth"
+  torch.save(original, path)
+  return path
+
+
+def test_original_snapshot_mismatch_names_the_snapshot_key(tmp_path, capsys):
+  key = "module.bert.encoder.layer.1.intermediate.dense.weight"
+  path = _original_snapshot(tmp_path, **{key: np.zeros((5, TINY["hidden_size"]), np.float32),
+                                         "module.bert.extra.weight": np.zeros(3, np.float32)})
+  out = tmp_path / "out"
+  message = _cli_error(capsys, ["original-to-jax", str(path), str(out),
+                                "--num-attention-heads", str(TINY["num_attention_heads"])])
+  assert str(path) in message and key in message
+  assert "lxmert/encoder/layer_1/intermediate/dense/kernel" in message
+  assert "(5, 32)" in message and "(48, 32)" in message
+  assert "unexpected keys (1): ['module.bert.extra.weight']" in message
+  _nothing_written(tmp_path, out)
+
+
+def test_missing_keys_on_the_command_line(tmp_path, capsys):
+  _, hf_dir = save_hf(tmp_path)
+  state = load_file(hf_dir / "model.safetensors")
+  from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
+  state.pop("lxmert.pooler.dense.bias")
+  save_file(state, hf_dir / "model.safetensors")
+  out = tmp_path / "out"
+  message = _cli_error(capsys, ["hf-to-jax", str(hf_dir), str(out)])
+  assert "missing keys (1): ['lxmert.pooler.dense.bias']" in message
+  _nothing_written(tmp_path, out)
+
+
+def test_unreadable_inputs_are_one_line_errors(tmp_path, capsys):
+  out = tmp_path / "out"
+  missing = tmp_path / "nowhere"
+  assert "no such directory" in _cli_error(capsys, ["hf-to-jax", str(missing), str(out)])
+  assert "no such directory" in _cli_error(capsys, ["jax-to-hf", str(missing), str(out)])
+  assert "no such file" in _cli_error(capsys, ["original-to-jax", str(missing / "a.pth"),
+                                               str(out)])
+  _, hf_dir = save_hf(tmp_path)
+  (hf_dir / "config.json").write_text("{not json")
+  message = _cli_error(capsys, ["hf-to-jax", str(hf_dir), str(out)])
+  assert str(hf_dir / "config.json") in message and "not valid JSON" in message
+  (hf_dir / "config.json").write_text(json.dumps(dict(model_type="lxmert", hidden_size=30)))
+  message = _cli_error(capsys, ["hf-to-jax", str(hf_dir), str(out)])
+  assert str(hf_dir / "config.json") in message and "num_attention_heads" in message
+  garbage = tmp_path / "garbage.pth"
+  garbage.write_bytes(b"not a pickle")
+  assert "not a readable PyTorch file" in _cli_error(capsys, ["original-to-jax", str(garbage),
+                                                              str(out)])
+  ckpt = tmp_path / "ckpt"
+  ckpt.mkdir()
+  (ckpt / "config.json").write_text("[1, 2")
+  message = _cli_error(capsys, ["jax-to-hf", str(ckpt), str(out)])
+  assert str(ckpt / "config.json") in message and "not valid JSON" in message
+  _nothing_written(tmp_path, out)
+
+
+def test_module_entry_point_reports_without_traceback(tmp_path):
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  result = subprocess.run(
+      [sys.executable, "-m", "lxmert_jax.convert", "hf-to-jax", str(tmp_path / "nowhere"),
+       str(tmp_path / "out")], capture_output=True, text=True, check=False,
+      env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert result.returncode == 1
+  assert "Traceback" not in result.stderr and "no such directory" in result.stderr
+
+
+@pytest.mark.parametrize("name", ["ckpt[1]", "ckpt]", "run[0]/ckpt"])
+def test_bracketed_output_path_is_refused_before_writing(tmp_path, capsys, name):
+  model = lxmert_jax.LxmertModel(lxmert_jax.LxmertConfig(**TINY))
+  params = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype),
+                                  checkpoints.abstract_params(model))
+  out = tmp_path / name
+  with pytest.raises(convert.ConversionError, match=r"'\[' or '\]'"):
+    lxmert_jax.save_model(out, model, params)
+  assert os.listdir(tmp_path) == []
+  _, hf_dir = save_hf(tmp_path, "LxmertModel")
+  message = _cli_error(capsys, ["hf-to-jax", str(hf_dir), str(out)])
+  assert str(out) in message and "'[' or ']'" in message
+  assert sorted(os.listdir(tmp_path)) == [hf_dir.name]
+
+
+def test_bracketed_transformers_output_path_is_written(tmp_path):
+  _, hf_dir = save_hf(tmp_path, "LxmertModel")
+  convert.main(["hf-to-jax", str(hf_dir), str(tmp_path / "ours")])
+  convert.main(["jax-to-hf", str(tmp_path / "ours"), str(tmp_path / "back[1]")])
+  model, _ = lxmert_jax.from_pretrained_hf(tmp_path / "back[1]")
+  assert isinstance(model, lxmert_jax.LxmertModel)
 
 
 def test_missing_and_unexpected_keys_are_listed(tmp_path):

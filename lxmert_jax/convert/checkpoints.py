@@ -9,6 +9,11 @@ Layout of a directory written by `save_model`:
 A directory is written under a temporary name and renamed into place only
 when complete, so a failed or interrupted save never leaves a checkpoint that
 looks valid.
+
+Orbax finds the per-process pieces of a save by glob matching under the
+checkpoint's path, so a path containing `[` or `]` saves "successfully" into a
+checkpoint that cannot be restored. `save_model` refuses such paths before
+writing anything.
 """
 
 from __future__ import annotations
@@ -25,9 +30,12 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from lxmert_jax.convert.errors import ConversionError
 from lxmert_jax.model import task_models
 from lxmert_jax.model import encoders
 from lxmert_jax.model.config import LxmertConfig
+
+_GLOB_BRACKETS = ("[", "]")
 
 ARCHITECTURES: dict[str, type[nn.Module]] = {
     "LxmertModel": encoders.LxmertModel,
@@ -53,13 +61,18 @@ def architecture_name(model: nn.Module) -> str:
   raise ValueError(f"{type(model).__name__} is not an LXMERT task model")
 
 
-def abstract_params(model: nn.Module, batch_size: int = 1) -> Any:
-  """Shapes and dtypes of the model's parameters, without allocating them."""
+def init_inputs(model: nn.Module, batch_size: int = 1) -> dict[str, np.ndarray]:
+  """Small inputs that `model.init` accepts (NLVR2 takes image pairs)."""
   inputs = encoders.dummy_inputs(model.config, batch_size, seq_len=4, num_objects=2)
   if isinstance(model, task_models.LxmertForNLVR2):
-    inputs["visual_feats"] = np.stack([inputs["visual_feats"]] * 2, axis=1)
-    inputs["visual_pos"] = np.stack([inputs["visual_pos"]] * 2, axis=1)
-    inputs["visual_attention_mask"] = np.stack([inputs["visual_attention_mask"]] * 2, axis=1)
+    for name in ("visual_feats", "visual_pos", "visual_attention_mask"):
+      inputs[name] = np.stack([inputs[name]] * 2, axis=1)
+  return inputs
+
+
+def abstract_params(model: nn.Module, batch_size: int = 1) -> Any:
+  """Shapes and dtypes of the model's parameters, without allocating them."""
+  inputs = init_inputs(model, batch_size)
   shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), **inputs))
   return nn.meta.unbox(shapes["params"])
 
@@ -85,8 +98,27 @@ def atomic_directory(directory: str | os.PathLike) -> Iterator[str]:
     raise
 
 
+def check_output_directory(directory: str | os.PathLike) -> None:
+  """Raises `ConversionError` if orbax cannot write a checkpoint at `directory`.
+
+  Orbax glob-matches under the checkpoint's absolute path when it finishes a
+  save, and `[`/`]` make that path a pattern that no longer matches itself.
+  """
+  path = os.path.abspath(os.fspath(directory))
+  if any(c in path for c in _GLOB_BRACKETS):
+    raise ConversionError(
+        f"{path}: cannot write an lxmert_jax checkpoint under a path containing '[' or "
+        "']' (orbax treats them as glob patterns and writes a checkpoint it cannot "
+        "read back); choose an output directory without brackets")
+
+
 def save_model(directory: str | os.PathLike, model: nn.Module, params: Any) -> str:
-  """Writes `config.json` and `params/` atomically; returns the directory."""
+  """Writes `config.json` and `params/` atomically; returns the directory.
+
+  Raises:
+    ConversionError: `directory` contains `[` or `]` (nothing is written).
+  """
+  check_output_directory(directory)
   with atomic_directory(directory) as tmp:
     model.config.to_json_file(os.path.join(tmp, "config.json"),
                               architectures=[architecture_name(model)])
@@ -99,13 +131,30 @@ def save_model(directory: str | os.PathLike, model: nn.Module, params: Any) -> s
 
 def load_config(directory: str | os.PathLike) -> tuple[LxmertConfig, str]:
   """The config and architecture name stored in a checkpoint directory."""
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f"{directory}: no such directory; expected an lxmert_jax "
+                            "checkpoint (config.json and params/)")
   path = os.path.join(directory, "config.json")
   if not os.path.exists(path):
     raise FileNotFoundError(f"{directory}: no config.json; not an lxmert_jax checkpoint")
   with open(path, encoding="utf-8") as f:
-    data = json.load(f)
+    try:
+      data = json.load(f)
+    except json.JSONDecodeError as e:
+      raise ConversionError(f"{path}: not valid JSON ({e})") from e
+  if not isinstance(data, dict):
+    raise ConversionError(f"{path}: expected a JSON object, found {type(data).__name__}")
   architectures = data.get("architectures") or ["LxmertForPreTraining"]
-  return LxmertConfig.from_dict(data, source=path), architectures[0]
+  return config_from_dict(data, path), architectures[0]
+
+
+def config_from_dict(data: dict[str, Any], source: str) -> LxmertConfig:
+  """`LxmertConfig.from_dict`, its complaints raised as `ConversionError`s."""
+  try:
+    return LxmertConfig.from_dict(data, source=source)
+  except (TypeError, ValueError) as e:
+    message = str(e) if str(e).startswith(source) else f"{source}: {e}"
+    raise ConversionError(message) from e
 
 
 def load_model(directory: str | os.PathLike, **config_overrides: Any
@@ -117,10 +166,18 @@ def load_model(directory: str | os.PathLike, **config_overrides: Any
     **config_overrides: config fields to change, e.g. `dtype="bfloat16"`.
   """
   config, architecture = load_config(directory)
-  model = model_class(architecture)(config.replace(**config_overrides))
+  try:
+    cls = model_class(architecture)
+  except ValueError as e:
+    raise ConversionError(f"{os.path.join(directory, 'config.json')}: {e}") from e
+  model = cls(config.replace(**config_overrides))
   target = abstract_params(model)
   params_dir = os.path.join(os.path.abspath(directory), "params")
   if not os.path.isdir(params_dir):
     raise FileNotFoundError(f"{directory}: no params/ directory")
-  params = ocp.StandardCheckpointer().restore(params_dir, target)
+  try:
+    params = ocp.StandardCheckpointer().restore(params_dir, target)
+  except ValueError as e:
+    raise ConversionError(f"{params_dir}: cannot restore the parameters of {architecture} "
+                          f"described by config.json ({e})") from e
   return model, params

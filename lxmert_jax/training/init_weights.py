@@ -11,8 +11,13 @@
   layers, the pooler, and the masked-LM transform/bias and next-sentence head
   when the checkpoint has them. Everything else is initialised from scratch.
 
+A bare `LxmertModel` names its encoder's parameters without the task models'
+`lxmert/` prefix; both modes map across it, so the encoder of any LXMERT
+checkpoint loads into any task model and the other way round.
+
 Each non-scratch mode logs and returns a report of what was loaded and what
-was initialised.
+was initialised. Loading nothing at all is an error, not a report: it means the
+checkpoint is not the kind `init.mode` expects, or is for another model size.
 """
 
 from __future__ import annotations
@@ -31,10 +36,16 @@ import numpy as np
 from lxmert_jax import convert
 from lxmert_jax.convert import checkpoints
 from lxmert_jax.model.config import LxmertConfig
-from lxmert_jax.model.encoders import dummy_inputs
 
 MODES = ("scratch", "lxmert", "bert")
 _BERT_LAYER = re.compile(r"layer_(\d+)")
+# The task models' name for their LxmertModel; a bare LxmertModel has none.
+_ENCODER = "lxmert/"
+_EXPECTED = {
+    "lxmert": "an LXMERT checkpoint (ours or transformers') with parameters of the "
+              "model's names and shapes",
+    "bert": "a BERT checkpoint with embeddings, encoder.layer.N and pooler weights",
+}
 
 
 @dataclasses.dataclass
@@ -80,6 +91,9 @@ def initial_params(init: ml_collections.ConfigDict, model: nn.Module,
   Returns:
     (params, report); (None, None) for `scratch`, meaning the sharded
     initialiser should create the parameters itself.
+
+  Raises:
+    ValueError: the checkpoint filled no parameter of `model`.
   """
   if init.mode not in MODES:
     raise ValueError(f"init.mode {init.mode!r}: expected one of {MODES}")
@@ -88,17 +102,30 @@ def initial_params(init: ml_collections.ConfigDict, model: nn.Module,
   if not init.path or not os.path.isdir(init.path):
     raise FileNotFoundError(f"init.path {init.path!r} for init.mode={init.mode!r} is not a "
                             "directory")
-  fresh = _fresh_params(model, model_config, init_key)
+  fresh = _fresh_params(model, init_key)
   if init.mode == "lxmert":
     params, report = _merge_lxmert(fresh, init.path)
   else:
     params, report = load_bert(fresh, init.path, model_config.l_layers)
+  if not report.loaded:
+    raise ValueError(_nothing_loaded(init, model, report))
   logging.info("%s", report)
   return params, report
 
 
-def _fresh_params(model: nn.Module, model_config: LxmertConfig, key: jax.Array) -> Any:
-  inputs = dummy_inputs(model_config, batch_size=1, seq_len=4, num_objects=2)
+def _nothing_loaded(init: ml_collections.ConfigDict, model: nn.Module,
+                    report: InitReport) -> str:
+  message = (f"{init.path}: init.mode={init.mode!r} loaded no parameters into "
+             f"{type(model).__name__}; expected {_EXPECTED[init.mode]}")
+  if report.notes:
+    message += f"; {len(report.notes)} names matched with other shapes, e.g. {report.notes[0]}"
+  if report.unused:
+    message += f"; the checkpoint holds e.g. {', '.join(report.unused[:3])}"
+  return message
+
+
+def _fresh_params(model: nn.Module, key: jax.Array) -> Any:
+  inputs = checkpoints.init_inputs(model)
   params = jax.jit(lambda k: nn.unbox(model.init(k, **inputs)["params"]))(key)
   return jax.tree.map(np.asarray, params)
 
@@ -114,6 +141,20 @@ def _unflat_like(tree: Any, flat: Mapping[str, Any]) -> Any:
       treedef, [flat["/".join(k.key for k in path)] for path, _ in leaves])
 
 
+def _is_bare(flat: Mapping[str, Any]) -> bool:
+  """Whether flat parameters are a bare LxmertModel's (no `lxmert/` prefix)."""
+  return not any(k.startswith(_ENCODER) for k in flat)
+
+
+def _lxmert_source_key(key: str, source_bare: bool, target_bare: bool) -> Optional[str]:
+  """The checkpoint's name for our parameter `key`; None if it cannot have one."""
+  if source_bare == target_bare:
+    return key
+  if target_bare:
+    return _ENCODER + key
+  return key[len(_ENCODER):] if key.startswith(_ENCODER) else None
+
+
 def _merge_lxmert(fresh: Any, path: str) -> tuple[Any, InitReport]:
   """Loads a saved LXMERT (ours or transformers') into the fresh tree."""
   if os.path.isdir(os.path.join(path, "params")):
@@ -122,18 +163,23 @@ def _merge_lxmert(fresh: Any, path: str) -> tuple[Any, InitReport]:
     _, loaded = convert.from_pretrained_hf(path)
   source = _flat(jax.tree.map(np.asarray, loaded))
   target = _flat(fresh)
+  source_bare, target_bare = _is_bare(source), _is_bare(target)
   report = InitReport(source=path, loaded=[], initialised=[])
+  used: set[str] = set()
   for key, value in target.items():
-    if key not in source:
+    found = _lxmert_source_key(key, source_bare, target_bare)
+    if found not in source:
       report.initialised.append(key)
-    elif source[key].shape != value.shape:
+      continue
+    used.add(found)
+    if source[found].shape != value.shape:
       report.initialised.append(key)
-      report.notes.append(f"{key}: checkpoint shape {source[key].shape} differs from "
+      report.notes.append(f"{key}: checkpoint shape {source[found].shape} differs from "
                           f"model shape {value.shape}")
     else:
-      target[key] = source[key].astype(value.dtype)
+      target[key] = source[found].astype(value.dtype)
       report.loaded.append(key)
-  report.unused = sorted(set(source) - set(target))
+  report.unused = sorted(set(source) - used)
   return _unflat_like(fresh, target), report
 
 
@@ -155,9 +201,10 @@ def _read_state_dict(path: str) -> dict[str, np.ndarray]:
 def _bert_candidates(our_key: str) -> list[str]:
   """The BERT state-dict keys that may hold our parameter `our_key`.
 
-  Our `lxmert/...` paths map to `bert....` (or unprefixed, as `BertModel`
-  saves them); `cls/...` keeps its name. Old checkpoints name LayerNorm
-  parameters gamma/beta.
+  Our `lxmert/...` paths (a task model's; see `load_bert` for a bare
+  encoder's) map to `bert....` (or unprefixed, as `BertModel` saves them);
+  `cls/...` keeps its name. Old checkpoints name LayerNorm parameters
+  gamma/beta.
   """
   parts = tuple(our_key.split("/"))
   hf = convert.hf_key(parts)
@@ -189,7 +236,8 @@ def load_bert(fresh: Any, path: str, l_layers: int) -> tuple[Any, InitReport]:
   """Copies a BERT checkpoint's language encoder into the fresh tree.
 
   Args:
-    fresh: freshly initialised parameters of the LXMERT task model.
+    fresh: freshly initialised parameters of an LXMERT task model or of a
+      bare LxmertModel.
     path: a Hugging Face BERT directory (`model.safetensors` or
       `pytorch_model.bin`; `BertModel` or `BertForPreTraining` keys).
     l_layers: the number of language layers; BERT layers 0..l_layers-1 are
@@ -204,19 +252,22 @@ def load_bert(fresh: Any, path: str, l_layers: int) -> tuple[Any, InitReport]:
   """
   state = _read_state_dict(path)
   target = _flat(fresh)
+  prefix = _ENCODER if _is_bare(target) else ""
   report = InitReport(source=path, loaded=[], initialised=[])
   used: set[str] = set()
   missing, mismatched = [], []
   for key, value in target.items():
-    if not _is_bert_part(key, l_layers):
+    task_key = prefix + key
+    if not _is_bert_part(task_key, l_layers):
       report.initialised.append(key)
       continue
-    found = next((c for c in _bert_candidates(key) if c in state), None)
+    candidates = _bert_candidates(task_key)
+    found = next((c for c in candidates if c in state), None)
     if found is None:
       if key.startswith("cls/"):
         report.initialised.append(key)
       else:
-        missing.append(_bert_candidates(key)[0])
+        missing.append(candidates[0])
       continue
     tensor = np.asarray(state[found])
     tensor = tensor.T if key.endswith("kernel") else tensor
