@@ -199,9 +199,20 @@ def test_masked_lm_on_gathered_positions_gives_the_same_loss():
   positions, gathered, overflow = masked_decoding.gather_masked_positions(labels, 6)
   assert not overflow
   part = model.apply({"params": params}, **inputs, labels=gathered, mlm_positions=positions)
-  assert part.prediction_logits.shape == (6, TINY["vocab_size"])
+  assert part.prediction_logits.shape == (1, 6, TINY["vocab_size"])
   np.testing.assert_allclose(part.loss_terms["mlm"], full.loss_terms["mlm"], rtol=1e-6)
+  full_rows = np.asarray(full.prediction_logits).reshape(27, -1)[[2, 14, 19, 25]]
+  np.testing.assert_allclose(part.prediction_logits[0, :4], full_rows, rtol=1e-6, atol=1e-6)
   assert masked_decoding.gather_masked_positions(labels, 3)[2]
+  # In three blocks of one example each: block g's positions count within it.
+  positions, gathered, overflow = masked_decoding.gather_masked_positions(labels, 2, 3)
+  assert not overflow
+  np.testing.assert_array_equal(positions, [[2, 0], [5, 0], [1, 7]])
+  np.testing.assert_array_equal(gathered, [[4, -100], [9, -100], [11, 0]])
+  part = model.apply({"params": params}, **inputs, labels=gathered, mlm_positions=positions)
+  assert part.prediction_logits.shape == (3, 2, TINY["vocab_size"])
+  np.testing.assert_allclose(part.loss_terms["mlm"], full.loss_terms["mlm"], rtol=1e-6)
+  assert masked_decoding.gather_masked_positions(labels, 1, 3)[2]  # Block 2 has two.
 
 
 def test_feature_decoder_on_gathered_boxes_gives_the_same_loss_and_predictions():
@@ -219,14 +230,14 @@ def test_feature_decoder_on_gathered_boxes_gives_the_same_loss_and_predictions()
   positions, gathered, gathered_mask, overflow = masked_decoding.gather_masked_boxes(
       targets, mask, 6)
   assert not overflow
-  np.testing.assert_array_equal(positions[:4], [1, 9, 10, 13])
-  np.testing.assert_array_equal(gathered_mask, [1, 1, 1, 1, 0, 0])
+  np.testing.assert_array_equal(positions[0, :4], [1, 9, 10, 13])
+  np.testing.assert_array_equal(gathered_mask, [[1, 1, 1, 1, 0, 0]])
   part = model.apply({"params": params}, **inputs, feat_positions=positions,
                      obj_labels=dict(obj, feat=(gathered, gathered_mask)))
   feat = part.visual_prediction["feat"]
-  assert feat.shape == (6, TINY["visual_feat_dim"])
+  assert feat.shape == (1, 6, TINY["visual_feat_dim"])
   full_rows = np.asarray(full.visual_prediction["feat"]).reshape(15, -1)[[1, 9, 10, 13]]
-  np.testing.assert_allclose(feat[:4], full_rows, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(feat[0, :4], full_rows, rtol=1e-6, atol=1e-6)
   np.testing.assert_allclose(part.loss_terms["feat"], full.loss_terms["feat"], rtol=1e-6)
   assert full.loss_terms["feat"] > 0
   np.testing.assert_allclose(part.loss_terms["obj"], full.loss_terms["obj"], rtol=1e-6)
