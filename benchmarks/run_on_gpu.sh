@@ -24,7 +24,9 @@
 # OUT_DIR/environment.txt (nvidia-smi and JAX's environment report).
 #
 # Installs nothing: the Python given by $PYTHON (default python3) needs jax
-# with CUDA, flax, optax, orbax-checkpoint, chex, torch and transformers. If
+# with CUDA, flax, optax, orbax-checkpoint, chex, torch, transformers and
+# ml-collections (the timed step is the trainer's, built from
+# configs/pretrain.py; no data library is imported for the GPU parts). If
 # $WHEELS names a folder of wheels, they are installed into the cache folder
 # first (no index, no dependencies) and put on PYTHONPATH.
 set -euo pipefail

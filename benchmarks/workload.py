@@ -256,6 +256,9 @@ def synthetic_batch(config: LxmertConfig, batch: int, seq_len: int, num_objects:
       token_type_ids=np.zeros((b, t), np.int32),
       visual_feats=np.where(feat_mask[..., None] > 0, 0.0, feats).astype(np.float32),
       visual_pos=boxes.astype(np.float32),
+      # Every box is real, as in the training loader's batches (which carry
+      # the mask); transformers' peer is given none, which means the same.
+      visual_attention_mask=np.ones((b, o), np.int32),
       masked_lm_labels=mlm_labels.astype(np.int32), matched_label=matched.astype(np.int32),
       ans=ans.astype(np.int32),
       obj_labels=rng.integers(0, config.num_object_labels, (b, o)).astype(np.int32),

@@ -88,3 +88,11 @@ def test_parse_arg_types_and_errors():
   with pytest.raises(ValueError, match="expected int"):
     common.parse_arg("steps=x", variant="base", steps=1)
   assert common.parse_arg(None, variant="base").variant == "base"
+
+
+def test_unknown_config_task_is_an_error(tmp_path):
+  from lxmert_jax import tasks  # pylint: disable=import-outside-toplevel
+  config = pretrain.get_config("tiny")
+  config.task = "captioning"
+  with pytest.raises(ValueError, match="config.task 'captioning'"):
+    tasks.build(config, str(tmp_path), sharding_lib.make_mesh(config.mesh))
