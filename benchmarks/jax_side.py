@@ -1,20 +1,21 @@
-"""Our side: the lxmert_jax train step and VQA forward, timed; the max-batch search.
+"""Our side: the trainer's own train step and the VQA forward, timed; the max-batch search.
 
-The train step is the computation of `lxmert_jax.train.make_train_step`,
-assembled from the same package pieces (`LxmertForPreTraining`,
-`losses.pretraining_losses` and `losses.pretraining_metrics`, which
-`objective.compute` sums, and `masked_decoding.pretraining_grads` as
-`train.grads_and_metrics` calls it). It is not imported from there:
-`lxmert_jax.train` needs ml_collections, grain and tensorflow_datasets at
-import time, and its step needs a mesh, sharded state and a ConfigDict, none
-of which a bare GPU image with jax, flax, optax, orbax, torch and
-transformers provides. The optimiser is AdamW with global-norm clipping (the
-training config's `adamw` option without its schedule and decay mask), the
-same update the PyTorch peer runs, rather than the default BertAdam.
+The train step is `lxmert_jax.training.step.make_train_step`, built as
+`lxmert_jax.main` builds it: the pre-training config (`configs/pretrain.py`),
+the pre-training task (`lxmert_jax.tasks.pretraining`), the configured
+optimiser (`training.optimizers.make_optimizer`), the mesh over the devices,
+the sharded state and donation. Only the data differ: synthetic batches of
+the loader's shapes, placed on the device before timing. The run config sets
+the optimiser to the training config's `adamw` option (AdamW after
+global-norm clipping, the update the PyTorch peer runs), unit task weights
+(transformers sums the losses unweighted) and the variant's decode fractions.
+None of this imports grain or tensorflow-datasets (the task's data side is
+loaded only by `tasks.build`); ml_collections is needed for the config.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import time
@@ -23,13 +24,18 @@ from typing import Any, Callable, Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
-import optax
 
 from benchmarks import workload
-from benchmarks.workload import Job, Probe, Variant
-from lxmert_jax.objectives import losses
+from benchmarks.workload import Job, Probe
+from configs import pretrain
 from lxmert_jax.objectives import masked_decoding
+from lxmert_jax.tasks import pretraining as pretraining_task
+from lxmert_jax.training import optimizers
+from lxmert_jax.training import sharding as sharding_lib
+from lxmert_jax.training import step as step_lib
+from lxmert_jax.training import train_state as ts
 from lxmert_jax.model.config import LxmertConfig
 from lxmert_jax.model.task_models import LxmertForPreTraining, LxmertForQuestionAnswering
 from lxmert_jax.model.encoders import dummy_inputs
@@ -89,60 +95,45 @@ def our_config(job: Job, *, head: str = "pretraining") -> LxmertConfig:
                       attention_implementation=resolve_attention(job)[0])
 
 
-def adamw() -> optax.GradientTransformation:
-  """AdamW on every parameter after global-norm clipping, as the PyTorch peer runs it."""
-  return optax.chain(
-      optax.clip_by_global_norm(workload.CLIP_NORM),
-      optax.adamw(workload.LEARNING_RATE, b1=0.9, b2=0.999, eps=workload.ADAM_EPS,
-                  weight_decay=workload.WEIGHT_DECAY))
+def run_config(job: Job) -> ml_collections.ConfigDict:
+  """The training config the benchmark's step is built from (see the module docstring)."""
+  config = pretrain.get_config()
+  config.optimizer.update(dict(name="adamw", lr=workload.LEARNING_RATE, eps=workload.ADAM_EPS,
+                               weight_decay=workload.WEIGHT_DECAY, clip_norm=workload.CLIP_NORM))
+  config.objective.qa_start_epoch = 0
+  config.objective.weights.update({task: 1.0 for task in config.objective.weights})
+  config.mlm_decode_fraction = job.variant.mlm_fraction
+  config.feat_decode_fraction = job.variant.feat_fraction
+  config.seed = job.seed
+  return config
 
 
-def init_train_state(model: nn.Module, config: LxmertConfig, tx: optax.GradientTransformation,
-                     seed: int) -> dict[str, Any]:
-  """Step, parameters (random init, storage dtype), optimiser state, dropout key."""
-  inputs = dummy_inputs(config, batch_size=1, seq_len=4, num_objects=2)
+@dataclasses.dataclass
+class TrainStep:
+  """The trainer's step for a job, and what it needs to run."""
 
-  def init():
-    params = nn.unbox(model.init(jax.random.key(seed), **inputs)["params"])
-    return dict(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                rng=jax.random.key(seed + 1))
-
-  return jax.jit(init)()
+  step: Callable
+  mesh: jax.sharding.Mesh
+  rules: sharding_lib.Rules
+  task: pretraining_task.PretrainingTask
+  state: ts.TrainState
 
 
-def make_train_step(model: nn.Module, config: LxmertConfig, tx: optax.GradientTransformation,
-                    variant: Variant) -> Callable:
-  """`(state, batch) -> (state, metrics)`, the computation of `lxmert_jax.train`'s step.
-
-  The same forward (dropout on, key `fold_in(rng, step)`), loss (unit task
-  weights), accuracy counts, gradient norm and optimiser update. With the
-  variant's decode fractions, the MLM and feature-regression decoders run on
-  the gathered masked rows unless a batch has more of them than slots, in
-  which case `lax.cond` takes the full branch (`decode_fallback` in the
-  metrics says which ran); `masked_decoding.pretraining_grads` computes the
-  gradients, as in `train.grads_and_metrics`.
-  """
-
-  def grads_and_metrics(params, batch, key):
-    def score(heads, labels):
-      total, terms = losses.pretraining_losses(heads, labels, config)
-      return total, {"loss": total, **{f"loss/{k}": v for k, v in terms.items()},
-                     **losses.pretraining_metrics(heads, labels)}
-
-    grads, metrics, fallback = masked_decoding.pretraining_grads(
-        model, params, {k: batch[k] for k in workload.MODEL_INPUTS}, batch, key, score,
-        mlm_fraction=variant.mlm_fraction, feat_fraction=variant.feat_fraction)
-    return grads, dict(metrics, decode_fallback=fallback)
-
-  def step(state, batch):
-    key = jax.random.fold_in(state["rng"], state["step"])
-    grads, metrics = grads_and_metrics(state["params"], batch, key)
-    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
-    metrics["grad_norm"] = optax.tree.norm(grads)
-    return dict(state, step=state["step"] + 1, params=params, opt_state=opt_state), metrics
-
-  return step
+def build_train_step(job: Job) -> TrainStep:
+  """The trainer's jitted step for `job` and a fresh sharded state."""
+  config = run_config(job)
+  model_config = our_config(job)
+  mesh = sharding_lib.make_mesh(config.mesh)
+  rules = sharding_lib.logical_rules(config.sharding_rules)
+  task = pretraining_task.PretrainingTask(config, model_config, steps_per_epoch=1 << 30,
+                                          num_groups=step_lib.batch_shards(mesh))
+  tx, schedule = optimizers.make_optimizer(config.optimizer, total_steps=1 << 20)
+  _, shardings = ts.state_shardings(task.model, model_config, tx, mesh, rules)
+  state = ts.create_train_state(task.model, model_config, tx, shardings, config.seed,
+                                rules=rules)
+  step = step_lib.make_train_step(task, tx, schedule, shardings, mesh,
+                                  config.grad_accum_steps, donate=job.variant.donate)
+  return TrainStep(step, mesh, rules, task, state)
 
 
 def compiled_stats(compiled: Any, batch: int) -> dict[str, Optional[float]]:
@@ -189,15 +180,13 @@ def decoded_rows(job: Job, batch: int) -> dict[str, int]:
 def compile_train_step(job: Job, batch: int) -> tuple[Any, LxmertConfig, Any, float]:
   """(compiled step, config, fresh state, compile seconds) at `batch`."""
   jax.config.update("jax_default_prng_impl", job.variant.prng)
-  config = our_config(job)
-  model = LxmertForPreTraining(config)
-  tx = adamw()
-  state = init_train_state(model, config, tx, job.seed)
-  fn = jax.jit(make_train_step(model, config, tx, job.variant),
-               donate_argnums=(0,) if job.variant.donate else ())
+  built = build_train_step(job)
+  config = built.task.model_config
+  spec = batch_spec(config, batch, job.seq_len, job.num_objects)
   start = time.perf_counter()
-  compiled = fn.lower(state, batch_spec(config, batch, job.seq_len, job.num_objects)).compile()
-  return compiled, config, state, time.perf_counter() - start
+  with jax.set_mesh(built.mesh), nn.logical_axis_rules(built.rules):
+    compiled = built.step.lower(built.state, spec).compile()
+  return compiled, config, built.state, time.perf_counter() - start
 
 
 def bench_train(job: Job, peak: Optional[float]) -> dict[str, Any]:

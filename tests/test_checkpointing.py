@@ -149,6 +149,12 @@ def test_unknown_best_metric_is_a_clear_error(tmp_path):
   ckpt.close()
 
 
+def test_a_directory_orbax_cannot_read_back_is_refused(tmp_path):
+  with pytest.raises(ValueError, match=r"contains '\[' or '\]'"):
+    checkpointing.Checkpointer(tmp_path / "run[1]" / "checkpoints", _ckpt_config())
+  assert not (tmp_path / "run[1]").exists()
+
+
 def test_preemption_flag_catches_sigterm():
   import signal  # pylint: disable=import-outside-toplevel
   flag = checkpointing.PreemptionFlag()

@@ -67,6 +67,12 @@ class Checkpointer:
 
   def __init__(self, directory: paths.PathLike, config: ml_collections.ConfigDict):
     self.directory = paths.resolve(directory)
+    if any(c in str(self.directory) for c in "[]"):
+      # Orbax finds a finished save by glob-matching under this path: with
+      # brackets it writes checkpoints that cannot be restored (found by test).
+      raise ValueError(f"checkpoint directory {self.directory}: the path contains '[' or ']', "
+                       "which orbax reads as a glob pattern; its checkpoints could not be "
+                       "restored. Choose a work directory without brackets.")
     self.best_metric = config.best_metric
     policies: list[Any] = [ocp.checkpoint_managers.LatestN(config.keep)]
     if config.keep_best > 0:

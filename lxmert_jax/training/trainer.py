@@ -88,7 +88,7 @@ def total_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
 
 def _restore_or_init(config: ml_collections.ConfigDict, ckpt: checkpointing.Checkpointer,
                      task: Task, tx: Any, abstract: ts.TrainState, shardings: ts.TrainState,
-                     train_iter: Any) -> ts.TrainState:
+                     rules: sharding_lib.Rules, train_iter: Any) -> ts.TrainState:
   """The latest checkpoint of the work directory, else a new state per `config.init`."""
   latest = ckpt.latest_step()
   if latest is not None:
@@ -96,7 +96,7 @@ def _restore_or_init(config: ml_collections.ConfigDict, ckpt: checkpointing.Chec
   params, _ = init_weights.initial_params(config.init, task.model, task.model_config,
                                           ts.seed_keys(config.seed)[0])
   return ts.create_train_state(task.model, task.model_config, tx, shardings, config.seed,
-                               params)
+                               params, rules=rules)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -139,7 +139,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   # Checkpoints save this iterator's position: the batches handed to the loop.
   train_iter = prefetch.DevicePrefetcher(task.train_iterator(), place,
                                          size=config.data.device_prefetch)
-  state = _restore_or_init(config, ckpt, task, tx, abstract, shardings, train_iter)
+  state = _restore_or_init(config, ckpt, task, tx, abstract, shardings, rules, train_iter)
   start = int(jax.device_get(state.step))
   if jax.process_index() == 0:
     task.model_config.to_json_file(workdir / "model_config.json",
