@@ -77,7 +77,7 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(demo_data, tmp_path):
 
 @pytest.mark.filterwarnings("ignore:Sharding info not provided")
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(demo_data, tmp_path,
-                                                                   monkeypatch):
+                                                                   monkeypatch, capsys):
   # The task's loss turns NaN at step 4; the trainer's own step is unchanged.
   grads = pretraining_task.PretrainingTask.grads
 
@@ -87,7 +87,13 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(demo_data, tmp
 
   monkeypatch.setattr(pretraining_task.PretrainingTask, "grads", nan_at_step_4)
   workdir = str(tmp_path / "nan")
+  # tensor=4 cannot split the 30,522-word vocabulary: the start-up lines say so.
+  config = _tiny_config(demo_data, **{"mesh.data": 1, "mesh.tensor": 4})
   with pytest.raises(trainer.NonFiniteLossError) as err:
-    trainer.train_and_evaluate(_tiny_config(demo_data), workdir)
+    trainer.train_and_evaluate(config, workdir)
   message = str(err.value)
   assert "at step 4" in message and "Last good checkpoint: step 3" in message
+  startup = capsys.readouterr().err
+  assert "parameter dimension(s) the mesh cannot split are replicated" in startup
+  assert ("lxmert/embeddings/word_embeddings/embedding dim 0 (vocab, 30522) not divisible "
+          "by tensor=4: replicated") in startup

@@ -182,6 +182,17 @@ class PretrainingTask(Task):
 
   # --- Reporting ---------------------------------------------------------------
 
+  def describe(self) -> Optional[str]:
+    def decoding(fraction: float) -> str:
+      return f"<= {fraction:.0%} of each shard's rows" if fraction > 0 else "every row"
+    line = (f"decoders: masked LM on {decoding(self.config.mlm_decode_fraction)}, feature "
+            f"regression on {decoding(self.config.feat_decode_fraction)}")
+    if self.data is None:
+      return line
+    cfg = self.config.data
+    return (f"data {self.data.dir}: train {cfg.train_split} ({self.data.num_train:,} "
+            f"examples), eval {cfg.eval_split}; {line}")
+
   def format_metrics(self, metrics: Mapping[str, float], prefix: str,
                      chance: Optional[Mapping[str, float]] = None) -> str:
     """`loss 6.02 | mlm 1.09 acc 0.59 | matched ...` for one prefix (train/eval).

@@ -50,7 +50,7 @@ class PretrainData:
     if not self._prepared():
       raise DataNotFoundError(_missing_data_message(self.dir))
     self.info = data_lib.dataset_info(self.dir)
-    num_train = self._num_examples(cfg.train_split)
+    self.num_train = num_train = self._num_examples(cfg.train_split)
     if self._num_examples(cfg.eval_split) < config.batch_size:
       logging.warning("eval split %s has fewer than batch_size=%d examples; evaluation "
                       "will be skipped", cfg.eval_split, config.batch_size)

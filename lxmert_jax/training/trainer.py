@@ -154,6 +154,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
              f"({steps_per_epoch} per epoch), starting at step {start}")
   if task.describe():
     writer.log(task.describe())
+  unsplit = sharding_lib.unsplit_dimensions(
+      ts.boxed_param_shapes(task.model, task.model_config), mesh, rules)
+  if unsplit:
+    writer.log(f"sharding: {len(unsplit)} parameter dimension(s) the mesh cannot split are "
+               "replicated:\n" + "\n".join(f"  {line}" for line in unsplit))
   logger = _LoopLogger(task, writer, config.log_every_steps, config.batch_size, num_steps)
   preempt = checkpointing.PreemptionFlag()
   eval_metrics: dict[str, float] = {}
