@@ -1,4 +1,7 @@
-"""Bad input: every problem is a DataError naming file, line or key; --skip-bad counts."""
+"""Bad input: every problem is a DataError naming file, line or key; --skip-bad counts.
+
+Each test edits its own copy of the `small_corpus` fixture (conftest.py).
+"""
 
 import json
 import os
@@ -10,14 +13,6 @@ from lxmert_jax.data import layout
 from lxmert_jax.data import prepare
 from lxmert_jax.data.prepare import feature_sets
 from lxmert_jax.data import store
-from lxmert_jax.data.prepare import synthetic_corpus
-
-
-@pytest.fixture
-def corpus(tmp_path):
-  root = str(tmp_path / "corpus")
-  synthetic_corpus.build_synthetic_corpus(root, num_images=16, seed=7, feature_dim=8, num_boxes=4)
-  return root
 
 
 def _tsv(root, set_name="train2014"):
@@ -46,101 +41,104 @@ def _raises(reason, fn):
   return str(info.value)
 
 
-def test_truncated_row(corpus, tmp_path):
-  _edit_line(_tsv(corpus), 3, lambda f: f[:5])
-  msg = _raises(errors.TRUNCATED_ROW, lambda: _prepare_features(corpus, tmp_path))
-  assert f"{_tsv(corpus)}:3" in msg and "5 tab-separated fields; expected 10" in msg
+def test_truncated_row(small_corpus, tmp_path):
+  _edit_line(_tsv(small_corpus), 3, lambda f: f[:5])
+  msg = _raises(errors.TRUNCATED_ROW, lambda: _prepare_features(small_corpus, tmp_path))
+  assert f"{_tsv(small_corpus)}:3" in msg and "5 tab-separated fields; expected 10" in msg
 
 
-def test_bad_base64(corpus, tmp_path):
-  _edit_line(_tsv(corpus), 2, lambda f: f[:9] + ["@@not*base64@@"])
-  msg = _raises(errors.BAD_BASE64, lambda: _prepare_features(corpus, tmp_path))
-  assert f"{_tsv(corpus)}:2" in msg and "'features'" in msg and "base64" in msg
+def test_bad_base64(small_corpus, tmp_path):
+  _edit_line(_tsv(small_corpus), 2, lambda f: f[:9] + ["@@not*base64@@"])
+  msg = _raises(errors.BAD_BASE64, lambda: _prepare_features(small_corpus, tmp_path))
+  assert f"{_tsv(small_corpus)}:2" in msg and "'features'" in msg and "base64" in msg
 
 
-def test_box_count_disagrees_with_arrays(corpus, tmp_path):
-  _edit_line(_tsv(corpus), 4, lambda f: f[:7] + ["5"] + f[8:])
-  msg = _raises(errors.BOX_COUNT_MISMATCH, lambda: _prepare_features(corpus, tmp_path))
-  assert f"{_tsv(corpus)}:4" in msg and "num_boxes=5" in msg and "expected" in msg
+def test_box_count_disagrees_with_arrays(small_corpus, tmp_path):
+  _edit_line(_tsv(small_corpus), 4, lambda f: f[:7] + ["5"] + f[8:])
+  msg = _raises(errors.BOX_COUNT_MISMATCH, lambda: _prepare_features(small_corpus, tmp_path))
+  assert f"{_tsv(small_corpus)}:4" in msg and "num_boxes=5" in msg and "expected" in msg
 
 
-def test_file_cut_in_the_middle_of_a_row(corpus, tmp_path):
-  path = _tsv(corpus)
+def test_file_cut_in_the_middle_of_a_row(small_corpus, tmp_path):
+  path = _tsv(small_corpus)
   with open(path, encoding="utf-8") as f:
     lines = f.read().rstrip("\n").split("\n")
   with open(path, "w", encoding="utf-8") as f:
     f.write("\n".join(lines[:-1] + [lines[-1][:len(lines[-1]) - 101]]))
   with pytest.raises(errors.DataError) as info:
-    _prepare_features(corpus, tmp_path)
+    _prepare_features(small_corpus, tmp_path)
   assert info.value.reason in (errors.BAD_BASE64, errors.BOX_COUNT_MISMATCH)
   assert f"{path}:{len(lines)}" in str(info.value)
 
 
-def test_box_outside_the_image(corpus, tmp_path):
-  _edit_line(_tsv(corpus), 2, lambda f: [f[0], "2", "2"] + f[3:])
-  msg = _raises(errors.BAD_VALUE, lambda: _prepare_features(corpus, tmp_path))
+def test_box_outside_the_image(small_corpus, tmp_path):
+  _edit_line(_tsv(small_corpus), 2, lambda f: [f[0], "2", "2"] + f[3:])
+  msg = _raises(errors.BAD_VALUE, lambda: _prepare_features(small_corpus, tmp_path))
   assert ":2" in msg and "outside" in msg
 
 
-def test_duplicate_image(corpus, tmp_path):
-  first = open(_tsv(corpus), encoding="utf-8").readline().rstrip("\n")
-  _edit_line(_tsv(corpus), 3, lambda f: first)
-  msg = _raises(errors.DUPLICATE_IMAGE, lambda: _prepare_features(corpus, tmp_path))
+def test_duplicate_image(small_corpus, tmp_path):
+  first = open(_tsv(small_corpus), encoding="utf-8").readline().rstrip("\n")
+  _edit_line(_tsv(small_corpus), 3, lambda f: first)
+  msg = _raises(errors.DUPLICATE_IMAGE, lambda: _prepare_features(small_corpus, tmp_path))
   assert ":3" in msg and "line 1" in msg
 
 
-def test_sentence_whose_image_is_missing(corpus, tmp_path):
-  path = os.path.join(corpus, "lxmert", "mscoco_train.json")
+def test_sentence_whose_image_is_missing(small_corpus, tmp_path):
+  path = os.path.join(small_corpus, "lxmert", "mscoco_train.json")
   data = json.load(open(path))
   data[2]["img_id"] = "COCO_train2014_999999999999"
   json.dump(data, open(path, "w"))
   msg = _raises(errors.MISSING_IMAGE, lambda: prepare.prepare_task(
-      "pretrain", str(tmp_path / "out"), prepare.Inputs(root=corpus),
+      "pretrain", str(tmp_path / "out"), prepare.Inputs(root=small_corpus),
       prepare.Options(progress=False), splits=["mscoco_train"]))
   assert "COCO_train2014_999999999999" in msg and "mscoco_train.json[2]" in msg
   assert path in msg and "train2014" in msg
 
 
-def test_answer_not_in_the_vqa_vocabulary(corpus, tmp_path):
-  path = os.path.join(corpus, "vqa", "train.json")
+def test_answer_not_in_the_vqa_vocabulary(small_corpus, tmp_path):
+  path = os.path.join(small_corpus, "vqa", "train.json")
   data = json.load(open(path))
   data[1]["label"] = {"hippogriff": 1.0}
   json.dump(data, open(path, "w"))
   msg = _raises(errors.UNKNOWN_ANSWER, lambda: prepare.prepare_task(
-      "vqa", str(tmp_path / "out"), prepare.Inputs(root=corpus), prepare.Options(progress=False)))
+      "vqa", str(tmp_path / "out"), prepare.Inputs(root=small_corpus),
+      prepare.Options(progress=False)))
   assert "'hippogriff'" in msg and f"question_id {data[1]['question_id']}" in msg and path in msg
 
 
-def test_unreadable_json(corpus, tmp_path):
-  path = os.path.join(corpus, "lxmert", "mscoco_nominival.json")
+def test_unreadable_json(small_corpus, tmp_path):
+  path = os.path.join(small_corpus, "lxmert", "mscoco_nominival.json")
   with open(path, "w") as f:
     f.write('[{"img_id": "x", "sentf": ')
   msg = _raises(errors.BAD_JSON, lambda: prepare.prepare_task(
-      "pretrain", str(tmp_path / "out"), prepare.Inputs(root=corpus),
+      "pretrain", str(tmp_path / "out"), prepare.Inputs(root=small_corpus),
       prepare.Options(progress=False)))
   assert path in msg and "line 1" in msg
 
 
-def test_malformed_record_names_its_json_path(corpus, tmp_path):
-  path = os.path.join(corpus, "nlvr2", "valid.json")
+def test_malformed_record_names_its_json_path(small_corpus, tmp_path):
+  path = os.path.join(small_corpus, "nlvr2", "valid.json")
   data = json.load(open(path))
   data[0]["label"] = "yes"
   json.dump(data, open(path, "w"))
   msg = _raises(errors.BAD_RECORD, lambda: prepare.prepare_task(
-      "nlvr2", str(tmp_path / "out"), prepare.Inputs(root=corpus), prepare.Options(progress=False)))
+      "nlvr2", str(tmp_path / "out"), prepare.Inputs(root=small_corpus),
+      prepare.Options(progress=False)))
   assert "valid.json[0]" in msg and ".label" in msg and "expected 0 or 1" in msg
 
 
-def test_skip_bad_counts_and_reports_every_reason(corpus, tmp_path):
-  tsv = _tsv(corpus)
+def test_skip_bad_counts_and_reports_every_reason(small_corpus, tmp_path):
+  tsv = _tsv(small_corpus)
   num_rows = sum(1 for _ in open(tsv))
   _edit_line(tsv, 2, lambda f: f[:9] + ["@@"])
   _edit_line(tsv, 3, lambda f: f[:4])
   _edit_line(tsv, 5, lambda f: f[:7] + ["9"] + f[8:])
   dropped = [l.split("\t")[0] for i, l in enumerate(open(tsv)) if i + 1 in (2, 3, 5)]
-  path = os.path.join(corpus, "lxmert", "mscoco_train.json")
+  path = os.path.join(small_corpus, "lxmert", "mscoco_train.json")
   per_image = {d["img_id"]: sum(len(s) for s in d["sentf"].values()) for d in json.load(open(path))}
-  reports = prepare.prepare_task("pretrain", str(tmp_path / "out"), prepare.Inputs(root=corpus),
+  reports = prepare.prepare_task("pretrain", str(tmp_path / "out"),
+                                 prepare.Inputs(root=small_corpus),
                                  prepare.Options(progress=False, skip_bad=True),
                                  splits=["mscoco_train"])
   feats, pretrain = reports[0], reports[-1]
@@ -159,13 +157,13 @@ def test_skip_bad_counts_and_reports_every_reason(corpus, tmp_path):
     assert reason in summary
 
 
-def test_cli_stops_with_a_located_error_or_skips(corpus, tmp_path, capsys):
-  _edit_line(_tsv(corpus), 2, lambda f: f[:3])
-  args = ["pretrain", "--root", corpus, "--out", str(tmp_path / "out"), "--splits",
+def test_cli_stops_with_a_located_error_or_skips(small_corpus, tmp_path, capsys):
+  _edit_line(_tsv(small_corpus), 2, lambda f: f[:3])
+  args = ["pretrain", "--root", small_corpus, "--out", str(tmp_path / "out"), "--splits",
           "mscoco_train", "--no-progress"]
   assert prepare.main(args) == 2
   err = capsys.readouterr().err
-  assert f"{_tsv(corpus)}:2" in err and "truncated_row" in err and "--skip-bad" in err
+  assert f"{_tsv(small_corpus)}:2" in err and "truncated_row" in err and "--skip-bad" in err
   assert prepare.main(args + ["--skip-bad"]) == 0
   out = capsys.readouterr().out
   assert "truncated_row: 1" in out and "missing_image:" in out

@@ -10,7 +10,7 @@ from lxmert_jax.data.prepare import annotations
 from lxmert_jax.data import make_downstream_loader
 from lxmert_jax.evaluation import metrics
 from lxmert_jax.data import store
-from test_data_support import collect, corpus_dir, tiny_data
+from test_data_support import collect, corpus_dir, expected_image, tiny_data, tsv_images
 
 T, O = 20, 6
 
@@ -61,6 +61,7 @@ def test_soft_targets_follow_the_labels():
   raw = annotations.load_json(os.path.join(corpus_dir(data_dir), "vqa", "minival.json"))
   by_id = {str(q["question_id"]): q["label"] for q in raw}
   out = collect(_loader("vqa", "minival", False))
+  assert sorted(out["question_id"][out["_mask"] > 0]) == sorted(by_id)
   for qid, targets, real in zip(out["question_id"], out["answer_targets"], out["_mask"]):
     if real:
       expected = np.zeros(len(label2ans), np.float32)
@@ -79,27 +80,39 @@ def test_gqa_answers_outside_the_vocabulary_are_skipped():
   for qid, targets in zip(out["question_id"], out["answer_targets"]):
     ans = gold[qid]
     assert targets.sum() == (1.0 if ans in label2ans else 0.0)
-  # Exact match via the targets equals string comparison with the gold answer.
-  pred = out["answer_targets"].argmax(1)
-  strings = [label2ans[p] for p in pred]
+  # Exact match via the targets equals string comparison with the gold answer,
+  # for the targets' own argmax and for predictions that are often wrong.
   real = out["_mask"] > 0
-  assert metrics.gqa_accuracy(pred, out["answer_targets"], out["_mask"]) == pytest.approx(
-      metrics.exact_match([s for s, r in zip(strings, real) if r],
-                          [gold[q] for q, r in zip(out["question_id"], real) if r]))
+  rng = np.random.default_rng(0)
+  guesses = np.where(rng.random(len(real)) < 0.5, out["answer_targets"].argmax(1),
+                     rng.integers(0, len(label2ans), len(real)))
+  for pred in (out["answer_targets"].argmax(1), guesses):
+    strings = [label2ans[p] for p in pred]
+    expected = metrics.exact_match([s for s, r in zip(strings, real) if r],
+                                   [gold[q] for q, r in zip(out["question_id"], real) if r])
+    assert 0 < expected < 1
+    assert metrics.gqa_accuracy(pred, out["answer_targets"], out["_mask"]) == pytest.approx(
+        expected)
 
 
 def test_nlvr2_pairs_and_labels():
+  """Labels and both images of each statement are the reference files' (JSON and TSV)."""
   data_dir = tiny_data()
-  records = store.Records(data_dir, "nlvr2", ["valid"])
-  images = store.FeatureStore(data_dir, records.metadata["feature_sets"], O)
-  by_id = {records[i]["identifier"].decode(): records[i] for i in range(len(records))}
+  raw = annotations.load_json(os.path.join(corpus_dir(data_dir), "nlvr2", "valid.json"))
+  by_id = {d["identifier"]: d for d in raw}
+  images = tsv_images(corpus_dir(data_dir), "nlvr2_valid")
   out = collect(_loader("nlvr2", "valid", False))
+  real = out["_mask"] > 0
+  assert collections.Counter(out["question_id"][real].tolist()) == collections.Counter(
+      d["identifier"] for d in raw)
   for i, qid in enumerate(out["question_id"]):
-    rec = by_id[qid]
-    assert out["label"][i] == rec["label"]
+    datum = by_id[qid]
+    assert out["label"][i] == datum["label"], qid
     for k in (0, 1):
-      img = images.image(rec[f"feat_set{k}"], rec[f"feat_index{k}"])
-      np.testing.assert_array_equal(out["visual_feats"][i, k], img["features"].astype(np.float32))
+      want = expected_image(images[datum[f"img{k}"]], O)
+      np.testing.assert_array_equal(out["visual_feats"][i, k], want["features"])
+      np.testing.assert_allclose(out["visual_pos"][i, k], want["boxes"], rtol=1e-6)
+      np.testing.assert_array_equal(out["visual_attention_mask"][i, k], want["mask"])
 
 
 def test_downstream_sharding_and_resume():

@@ -76,7 +76,9 @@ def test_answer_sampling_proportional_to_score():
   assert set(draws) == {5, 9}
   assert abs(draws[9] / 20_000 - 0.3 / 1.3) < 0.015
   # All-zero scores fall back to uniform rather than NaN probabilities.
-  assert masking.sample_answer([1, 2], [0.0, 0.0], rng) in (1, 2)
+  uniform = collections.Counter(masking.sample_answer([1, 2], [0.0, 0.0], rng)
+                                for _ in range(4_000))
+  assert set(uniform) == {1, 2} and abs(uniform[1] / 4_000 - 0.5) < 0.04
 
 
 def test_draw_other_is_uniform_over_other_images():

@@ -39,19 +39,37 @@ def test_features_match_the_tsv_and_the_index():
     np.testing.assert_array_equal(rec["attrs_conf"], img.attrs_conf)
 
 
+def _reference_flattening(entries):
+  """The reference's `LXMERTTorchDataset` loop: per image, per source, per sentence.
+
+  Written out here from the reference (not with the package's own
+  `annotations.flatten_pretrain`) so the records are checked against it.
+  """
+  out = []
+  for datum in entries:
+    for source, sents in datum["sentf"].items():
+      labels = datum["labelf"].get(source)
+      for i, sent in enumerate(sents):
+        out.append({"uid": "%s_%s_%03d" % (datum["img_id"], source, i),
+                    "img_id": datum["img_id"], "source": source, "sent": sent,
+                    "label": None if labels is None else labels[i]})
+  return out
+
+
 def test_pretrain_records_follow_the_reference_flattening():
   data_dir = tiny_data()
   ann = os.path.join(corpus_dir(data_dir), "lxmert")
   meta = store.task_metadata(data_dir, "pretrain")
-  table = annotations.AnswerTable.from_all_ans(os.path.join(ann, "all_ans.json"))
-  assert meta["answers"] == table.answers
+  with open(os.path.join(ann, "all_ans.json"), encoding="utf-8") as f:
+    assert meta["answers"] == [a["ans"] for a in json.load(f)]
+  table = annotations.AnswerTable(meta["answers"])
   tok = tokenization.make_tokenizer("bert")
   assert meta["tokenizer"]["fingerprint"] == tok.fingerprint
   assert meta["num_object_labels"] == len(synthetic_corpus.OBJECT_CLASSES)
   assert meta["num_attr_labels"] == len(synthetic_corpus.ATTRIBUTES)
   for split in layout.PRETRAIN_SPLITS:
-    path = os.path.join(ann, f"{split}.json")
-    data = annotations.flatten_pretrain(path, annotations.load_json(path))
+    with open(os.path.join(ann, f"{split}.json"), encoding="utf-8") as f:
+      data = _reference_flattening(json.load(f))
     records = store.Records(data_dir, "pretrain", [split])
     assert len(records) == len(data) == meta["num_examples"][split]
     index = np.load(os.path.join(layout.task_path(data_dir, "pretrain"), f"{split}.index.npz"))
@@ -59,15 +77,19 @@ def test_pretrain_records_follow_the_reference_flattening():
     img_index = store.features_metadata(data_dir, set_name)["img_index"]
     for i in range(0, len(data), 7):
       rec, datum = records[i], data[i]
-      assert rec["uid"].decode() == datum.uid
+      assert rec["uid"].decode() == datum["uid"]
+      assert rec["img_id"].decode() == datum["img_id"]
+      assert rec["sent"].decode() == datum["sent"]
       assert meta["feature_sets"][rec["feat_set"]] == set_name
-      assert rec["feat_index"] == img_index[datum.img_id] == index["feat_index"][i]
-      assert meta["sources"][index["source"][i]] == datum.source
-      assert rec["token_ids"].tolist() == tok.tokenize_ids([datum.sent])[0]
-      if datum.label is None:
+      assert rec["feat_index"] == img_index[datum["img_id"]] == index["feat_index"][i]
+      assert meta["sources"][index["source"][i]] == datum["source"]
+      assert rec["token_ids"].tolist() == tok.tokenize_ids([datum["sent"]])[0]
+      if datum["label"] is None:
         assert rec["has_label"] == 0 and rec["ans_ids"].size == 0
       else:
-        pruned = table.prune_label(datum.label)
+        # Pruning and answer normalisation are checked on their own, against
+        # hand-worked cases, in test_data_downstream.
+        pruned = table.prune_label(datum["label"])
         assert rec["has_label"] == 1
         assert rec["ans_ids"].tolist() == list(pruned)
         np.testing.assert_allclose(rec["ans_scores"], list(pruned.values()))
@@ -84,15 +106,8 @@ def test_dataset_info_reports_what_the_trainer_needs():
   assert vqa["num_answers"] == len(vqa["label2ans"]) > 5
 
 
-def _small_corpus(tmp_path, num_images=16):
-  root = str(tmp_path / "corpus")
-  synthetic_corpus.build_synthetic_corpus(root, num_images=num_images, seed=5, feature_dim=8,
-                                          num_boxes=4)
-  return root
-
-
-def test_multi_part_features_keep_order(tmp_path):
-  root = _small_corpus(tmp_path)
+def test_multi_part_features_keep_order(small_corpus, tmp_path):
+  root = small_corpus
   tsv = os.path.join(root, layout.FEATURE_FILES["train2014"])
   report = feature_sets.prepare_features(str(tmp_path / "out"), "train2014", tsv,
                                              part_bytes=600, progress=False)
@@ -104,8 +119,8 @@ def test_multi_part_features_keep_order(tmp_path):
   assert [meta["img_index"][i] for i in ids] == list(range(len(ids)))
 
 
-def test_prepare_is_idempotent_and_checks_its_inputs(tmp_path):
-  root = _small_corpus(tmp_path)
+def test_prepare_is_idempotent_and_checks_its_inputs(small_corpus, tmp_path):
+  root = small_corpus
   out = str(tmp_path / "out")
   inputs = prepare.Inputs(root=root)
   opts = prepare.Options(progress=False)
@@ -119,8 +134,9 @@ def test_prepare_is_idempotent_and_checks_its_inputs(tmp_path):
     feature_sets.prepare_features(out, "train2014", other, progress=False)
 
 
-def test_interrupted_preparation_leaves_nothing_that_looks_complete(tmp_path, monkeypatch):
-  root = _small_corpus(tmp_path)
+def test_interrupted_preparation_leaves_nothing_that_looks_complete(small_corpus, tmp_path,
+                                                                   monkeypatch):
+  root = small_corpus
   out = str(tmp_path / "out")
   tsv = os.path.join(root, layout.FEATURE_FILES["train2014"])
   original = feature_sets._FeatureRows._record
@@ -161,8 +177,8 @@ def test_gqa_vocabulary_is_built_from_train_answers():
     assert vqa["label2ans"] == json.load(f)
 
 
-def test_cli_prints_a_summary(tmp_path, capsys):
-  root = _small_corpus(tmp_path)
+def test_cli_prints_a_summary(small_corpus, tmp_path, capsys):
+  root = small_corpus
   rc = prepare.main(["nlvr2", "--root", root, "--out", str(tmp_path / "out"), "--no-progress"])
   assert rc == 0
   out = capsys.readouterr().out
@@ -170,8 +186,8 @@ def test_cli_prints_a_summary(tmp_path, capsys):
   assert "lxmert_features/nlvr2_valid" in out
 
 
-def test_sentencepiece_tokenizer_at_preparation(tmp_path):
-  root = _small_corpus(tmp_path)
+def test_sentencepiece_tokenizer_at_preparation(small_corpus, tmp_path):
+  root = small_corpus
   spm = tokenization.train_sentencepiece([os.path.join(root, "lxmert", "mscoco_train.json")],
                                          200, str(tmp_path / "spm" / "m"))
   out = str(tmp_path / "out")

@@ -11,7 +11,7 @@ from lxmert_jax.data import make_pretrain_loader
 from lxmert_jax.data.pipeline import masking
 from lxmert_jax.data import store
 from lxmert_jax.data import tokenization
-from test_data_support import collect, tiny_data
+from test_data_support import collect, corpus_dir, expected_image, tiny_data, tsv_images
 
 T, O = 20, 8  # O > the corpus's 6 boxes, so padding is exercised.
 CONTRACT = {
@@ -96,11 +96,45 @@ def test_matched_pairs_keep_their_sentence_and_mismatched_take_another_images():
       sources = [j for j, f in enumerate(framed) if (f == out["input_ids"][i]).all()]
       assert any((images[j] != images[i]).any() for j in sources), i
       assert out["ans"][i] == masking.IGNORE
-  # QA targets of matched questions are their answers; captions have none.
+  # QA targets of matched questions are one of their answers (the only one if
+  # there is one); captions have none. How often each answer is drawn is
+  # checked in test_qa_targets_are_drawn_in_proportion_to_the_answer_scores.
   for i in np.flatnonzero(matched):
     ids = recs[i]["ans_ids"].tolist()
-    assert out["ans"][i] == (ids[0] if len(ids) == 1 else out["ans"][i])
-    assert (out["ans"][i] in ids) if ids else out["ans"][i] == masking.IGNORE
+    if not ids:
+      assert out["ans"][i] == masking.IGNORE, i
+    elif len(ids) == 1:
+      assert out["ans"][i] == ids[0], i
+    else:
+      assert out["ans"][i] in ids, i
+
+
+def test_qa_targets_are_drawn_in_proportion_to_the_answer_scores():
+  """Each epoch draws a question's target afresh, answer a with probability
+  score(a) / sum(scores), as the reference's `np.random.multinomial` does."""
+  records = store.Records(tiny_data(), "pretrain", layout.PRETRAIN_SPLITS)
+  recs = [records[i] for i in range(len(records))]
+  epochs = 10
+  out = _in_order(num_epochs=epochs, task_matched=False, mask_prob=0.0, obj_mask_prob=0.0)
+  # Unshuffled epochs one after the other, every pair matched: [epoch, record].
+  ans = out["ans"].reshape(epochs, len(recs))
+  drawn_top, expected_top, variance, lower_drawn = 0, 0.0, 0.0, 0
+  for i, rec in enumerate(recs):
+    ids, scores = rec["ans_ids"].tolist(), rec["ans_scores"].astype(np.float64)
+    if len(ids) < 2:
+      np.testing.assert_array_equal(ans[:, i], ids[0] if ids else masking.IGNORE, err_msg=i)
+      continue
+    assert set(ans[:, i].tolist()) <= set(ids), i
+    p_top = scores.max() / scores.sum()
+    top = ids[int(scores.argmax())]
+    drawn_top += int((ans[:, i] == top).sum())
+    lower_drawn += int((ans[:, i] != top).sum())
+    expected_top += epochs * p_top
+    variance += epochs * p_top * (1 - p_top)
+  assert variance > 0, "the corpus should have questions with several answers"
+  # On this corpus, always drawing the top answer or drawing uniformly is over 6 sigma off.
+  assert abs(drawn_top - expected_top) < 3.5 * np.sqrt(variance), (drawn_top, expected_top)
+  assert lower_drawn > 0
 
 
 def test_matching_and_qa_statistics_over_epochs():
@@ -144,17 +178,21 @@ def test_object_masking_statistics_and_targets():
   assert abs(replaced[sel].mean() - 0.1) < 0.04
 
 
-def test_feature_targets_are_the_stored_features():
+def test_feature_targets_are_the_tsv_features():
+  """Targets, boxes and labels are the reference TSV's, read independently of the store."""
   data_dir = tiny_data()
   records = store.Records(data_dir, "pretrain", layout.PRETRAIN_SPLITS)
-  images = store.FeatureStore(data_dir, records.metadata["feature_sets"], O)
+  feature_sets = records.metadata["feature_sets"]
   out = _in_order()
-  for i in range(0, len(out["ans"]), 9):
+  assert len(out["ans"]) == len(records)
+  for i in range(0, len(records), 9):
     rec = records[i]
-    image = images.image(rec["feat_set"], rec["feat_index"])
-    np.testing.assert_array_equal(out["feat_targets"][i], image["features"].astype(np.float32))
-    np.testing.assert_array_equal(out["visual_pos"][i], image["boxes"])
-    np.testing.assert_array_equal(out["obj_labels"][i], image["objects_id"])
+    img = tsv_images(corpus_dir(data_dir), feature_sets[rec["feat_set"]])[rec["img_id"].decode()]
+    want = expected_image(img, O)
+    np.testing.assert_array_equal(out["feat_targets"][i], want["features"])
+    np.testing.assert_allclose(out["visual_pos"][i], want["boxes"], rtol=1e-6)
+    np.testing.assert_array_equal(out["obj_labels"][i], want["objects_id"])
+    np.testing.assert_array_equal(out["visual_attention_mask"][i], want["mask"])
 
 
 def test_exact_random_box_mode_reads_other_images():

@@ -14,13 +14,7 @@ from lxmert_jax.data import make_pretrain_loader
 from lxmert_jax.data.prepare import synthetic_corpus as sc
 from lxmert_jax.data import tokenization
 from lxmert_jax.data.prepare import tsv_features
-from test_data_support import TINY, collect, corpus_dir, tiny_data
-
-
-def _images(root, set_name):
-  path = os.path.join(root, layout.FEATURE_FILES[set_name])
-  return {img.img_id: img for img in
-          (tsv_features.decode_row(row, path) for row in tsv_features.iter_rows(path))}
+from test_data_support import TINY, collect, corpus_dir, tiny_data, tsv_images
 
 
 def test_reference_file_formats():
@@ -60,7 +54,7 @@ def test_sentences_use_whole_words_of_the_bert_vocab():
 
 def test_features_reveal_class_and_colour():
   root = corpus_dir(tiny_data())
-  images = list(_images(root, "train2014").values()) + list(_images(root, "vg_gqa").values())
+  images = [*tsv_images(root, "train2014").values(), *tsv_images(root, "vg_gqa").values()]
   x = np.concatenate([im.features for im in images])
   cls = np.concatenate([im.objects_id for im in images])
   colour = np.concatenate([im.attrs_id for im in images])
@@ -74,6 +68,7 @@ def test_features_reveal_class_and_colour():
     assert accuracy > 3.0 / num, (num, accuracy)
 
 
+@pytest.mark.slow
 def test_matching_is_learnable_from_the_batches_on_unseen_images():
   """A bilinear probe (bag of word ids x mean RoI feature, ridge regression) fit on
   pre-training batches tells matched from mismatched pairs of images it never saw.
@@ -110,7 +105,8 @@ def test_matching_is_learnable_from_the_batches_on_unseen_images():
 
 def test_answers_and_captions_are_true_of_their_image():
   root = corpus_dir(tiny_data())
-  images = {**_images(root, "train2014"), **_images(root, "val2014"), **_images(root, "vg_gqa")}
+  images = {**tsv_images(root, "train2014"), **tsv_images(root, "val2014"),
+            **tsv_images(root, "vg_gqa")}
   train = annotations.load_json(os.path.join(root, "lxmert", "mscoco_train.json"))
   colour_q = re.compile(r"what color is the (\w+) \?")
   mentioned = re.compile(r"(" + "|".join(sc.COLOURS) + r") (?:\w+ )?(" +
