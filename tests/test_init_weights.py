@@ -20,13 +20,7 @@ TINY = LxmertConfig(vocab_size=64, hidden_size=32, num_attention_heads=4, interm
                     num_object_labels=12, num_attr_labels=8, max_position_embeddings=16)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _fast_compile():
-  """Initialisation is dominated by XLA compile time; optimisations do not matter."""
-  previous = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", previous)
+pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
 def _init(mode, path, model):

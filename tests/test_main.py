@@ -16,13 +16,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
-def demo_data(tmp_path_factory):
-  from lxmert_jax import data as data_lib  # pylint: disable=import-outside-toplevel
-  return data_lib.build_demo_data(str(tmp_path_factory.mktemp("data")), num_images=24,
-                                  feature_dim=32, tasks=("pretrain",))
-
-
-@pytest.fixture(scope="module")
 def env(tmp_path_factory):
   """2 CPU devices, unoptimised compiles, a compilation cache shared by the runs."""
   out = dict(os.environ)

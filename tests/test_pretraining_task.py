@@ -22,13 +22,7 @@ TINY = LxmertConfig(vocab_size=64, hidden_size=32, num_attention_heads=4, interm
                     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _fast_compile():
-  """These tests are dominated by XLA compile time; optimisations do not matter."""
-  previous = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", previous)
+pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
 def _batch(b=8, t=8, o=4, seed=0):

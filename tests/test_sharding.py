@@ -81,13 +81,7 @@ def _task(mesh, cfg=TINY):
                                           num_groups=step_lib.batch_shards(mesh))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _fast_compile():
-  """Compiling is most of these tests' time; XLA's optimisations do not matter."""
-  previous = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", previous)
+pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
 def _mesh(name):

@@ -11,13 +11,6 @@ from lxmert_jax.tasks import pretraining as pretraining_task
 from lxmert_jax.training import trainer
 
 
-@pytest.fixture(scope="module")
-def demo_data(tmp_path_factory):
-  from lxmert_jax import data as data_lib  # pylint: disable=import-outside-toplevel
-  return data_lib.build_demo_data(str(tmp_path_factory.mktemp("data")), num_images=24,
-                                  feature_dim=32, tasks=("pretrain",))
-
-
 @pytest.fixture(scope="module", autouse=True)
 def _compilation_cache(tmp_path_factory):
   """Runs of the same config compile the same programs; compile them once."""
