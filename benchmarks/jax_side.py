@@ -128,8 +128,8 @@ def build_train_step(job: Job) -> TrainStep:
   task = pretraining_task.PretrainingTask(config, model_config, steps_per_epoch=1 << 30,
                                           num_groups=step_lib.batch_shards(mesh))
   tx, schedule = optimizers.make_optimizer(config.optimizer, total_steps=1 << 20)
-  _, shardings = ts.state_shardings(task.model, model_config, tx, mesh, rules)
-  state = ts.create_train_state(task.model, model_config, tx, shardings, config.seed,
+  _, shardings = ts.state_shardings(task.model, tx, mesh, rules)
+  state = ts.create_train_state(task.model, tx, shardings, config.seed,
                                 rules=rules)
   step = step_lib.make_train_step(task, tx, schedule, shardings, mesh,
                                   config.grad_accum_steps, donate=job.variant.donate)

@@ -10,6 +10,7 @@ import pytest
 from lxmert_jax.convert import checkpoints
 from lxmert_jax.model.config import LxmertConfig
 from lxmert_jax.model.encoders import LxmertModel
+from lxmert_jax.model import task_models
 from lxmert_jax.model.task_models import (LxmertForNLVR2, LxmertForPreTraining,
                                           LxmertForQuestionAnswering)
 from lxmert_jax.training import init_weights
@@ -31,7 +32,7 @@ def _init(mode, path, model):
 def _saved(path, cls, config=TINY, seed=1):
   """Saves a randomly initialised `cls` as our checkpoint; returns its params."""
   model = cls(config)
-  params = nn.unbox(model.init(jax.random.key(seed), **checkpoints.init_inputs(model))["params"])
+  params = nn.unbox(model.init(jax.random.key(seed), **task_models.init_inputs(model))["params"])
   checkpoints.save_model(path, model, params)
   return params
 

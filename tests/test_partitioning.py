@@ -17,9 +17,8 @@ import pytest
 
 from configs import common
 from lxmert_jax.model.config import LxmertConfig
-from lxmert_jax.model.encoders import dummy_inputs
 from lxmert_jax.model.task_models import (LxmertForNLVR2, LxmertForPreTraining,
-                                          LxmertForQuestionAnswering)
+                                          LxmertForQuestionAnswering, init_inputs)
 from lxmert_jax.training import sharding as sharding_lib
 from lxmert_jax.training import train_state as ts
 
@@ -33,13 +32,7 @@ SQUARE_DENSES = ("lxmert/pooler/dense", "cls/predictions/transform/dense",
                  "obj_predict_head/transform/dense")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _fast_compile():
-  """Compiling is most of these tests' time; XLA's optimisations do not matter."""
-  previous = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", previous)
+pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
 def _mesh(name):
@@ -50,15 +43,7 @@ def _mesh(name):
 
 @functools.lru_cache(maxsize=None)
 def _boxed(cls=LxmertForPreTraining, vocab_size=TINY.vocab_size):
-  cfg = TINY.replace(vocab_size=vocab_size)
-  if cls is not LxmertForNLVR2:
-    return ts.boxed_param_shapes(cls(cfg), cfg)
-  # One statement, two images of two boxes each.
-  inputs = dummy_inputs(cfg, batch_size=2, seq_len=4, num_objects=2)
-  pairs = {k: v.reshape(1, 2, *v.shape[1:]) for k, v in inputs.items() if k.startswith("visual")}
-  text = {k: v[:1] for k, v in inputs.items() if not k.startswith("visual")}
-  model = cls(cfg)
-  return jax.eval_shape(lambda: model.init(jax.random.key(0), **text, **pairs))["params"]
+  return ts.boxed_param_shapes(cls(TINY.replace(vocab_size=vocab_size)))
 
 
 def _boxes(boxed):
@@ -106,7 +91,7 @@ def test_shardings_are_flax_own_mapping_of_the_rules(name):
 def test_initialising_under_the_mesh_and_rules_constrains_every_parameter():
   mesh = _mesh("fsdp_tp")
   model = LxmertForPreTraining(TINY)
-  inputs = dummy_inputs(TINY, batch_size=1, seq_len=4, num_objects=2)
+  inputs = init_inputs(model)
   with jax.set_mesh(mesh), nn.logical_axis_rules(RULES):
     jaxpr = jax.make_jaxpr(lambda: model.init(jax.random.key(0), **inputs))()
   constrained = collections.Counter(
@@ -126,12 +111,12 @@ def _state(name, vocab_size, how):
   model = LxmertForPreTraining(cfg)
   tx = optax.adam(1e-3)
   mesh = _mesh(name)
-  _, shardings = ts.state_shardings(model, cfg, tx, mesh, RULES)
+  _, shardings = ts.state_shardings(model, tx, mesh, RULES)
   if how == "context":
     with jax.set_mesh(mesh), nn.logical_axis_rules(RULES):
-      state = ts.create_train_state(model, cfg, tx, shardings, seed=3)
+      state = ts.create_train_state(model, tx, shardings, seed=3)
   else:
-    state = ts.create_train_state(model, cfg, tx, shardings, seed=3,
+    state = ts.create_train_state(model, tx, shardings, seed=3,
                                   rules=RULES if how == "argument" else None)
   return state, shardings
 
@@ -174,3 +159,16 @@ def test_unsplit_dimensions_names_every_mesh_axis_of_a_rule():
 @pytest.mark.parametrize("name", sorted(MESHES))
 def test_unsplit_dimensions_is_empty_when_every_rule_applies(name):
   assert sharding_lib.unsplit_dimensions(_boxed(), _mesh(name), RULES) == []
+
+
+@pytest.mark.parametrize("cls", [LxmertForQuestionAnswering, LxmertForNLVR2])
+def test_every_task_model_gets_a_sharded_train_state(cls):
+  # The trainer builds any task's state the same way (NLVR2 takes image pairs).
+  model = cls(TINY)
+  mesh = _mesh("fsdp")
+  _, shardings = ts.state_shardings(model, optax.adam(1e-3), mesh, RULES)
+  state = ts.create_train_state(model, optax.adam(1e-3), shardings, seed=3, rules=RULES)
+  kernel = state.params["answer_head"]["logit_fc_0"]["kernel"]
+  assert kernel.sharding == shardings.params["answer_head"]["logit_fc_0"]["kernel"]
+  assert int(state.step) == 0
+

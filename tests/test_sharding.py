@@ -96,8 +96,8 @@ def _setup(name, vocab_size=TINY.vocab_size):
   cfg = TINY.replace(vocab_size=vocab_size)
   model = LxmertForPreTraining(cfg)
   tx, schedule = optimizers.make_optimizer(_run_config().optimizer, 10)
-  _, shardings = ts.state_shardings(model, cfg, tx, mesh, RULES)
-  state = ts.create_train_state(model, cfg, tx, shardings, seed=3)
+  _, shardings = ts.state_shardings(model, tx, mesh, RULES)
+  state = ts.create_train_state(model, tx, shardings, seed=3)
   return mesh, model, tx, schedule, shardings, state
 
 
@@ -240,7 +240,7 @@ def test_indivisible_dimension_is_replicated():
   mesh = sharding_lib.make_mesh(MESHES["tp"])
   cfg = TINY.replace(vocab_size=62)
   tx, _ = optimizers.make_optimizer(_run_config().optimizer, 10)
-  _, shardings = ts.state_shardings(LxmertForPreTraining(cfg), cfg, tx, mesh, RULES)
+  _, shardings = ts.state_shardings(LxmertForPreTraining(cfg), tx, mesh, RULES)
   spec = _param(shardings.params, "lxmert/embeddings/word_embeddings/embedding").spec
   assert spec == jax.P(None, "fsdp")
 

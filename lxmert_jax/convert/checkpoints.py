@@ -27,7 +27,6 @@ from typing import Any, Iterator
 
 import flax.linen as nn
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 
 from lxmert_jax.convert.errors import ConversionError
@@ -61,18 +60,9 @@ def architecture_name(model: nn.Module) -> str:
   raise ValueError(f"{type(model).__name__} is not an LXMERT task model")
 
 
-def init_inputs(model: nn.Module, batch_size: int = 1) -> dict[str, np.ndarray]:
-  """Small inputs that `model.init` accepts (NLVR2 takes image pairs)."""
-  inputs = encoders.dummy_inputs(model.config, batch_size, seq_len=4, num_objects=2)
-  if isinstance(model, task_models.LxmertForNLVR2):
-    for name in ("visual_feats", "visual_pos", "visual_attention_mask"):
-      inputs[name] = np.stack([inputs[name]] * 2, axis=1)
-  return inputs
-
-
 def abstract_params(model: nn.Module, batch_size: int = 1) -> Any:
   """Shapes and dtypes of the model's parameters, without allocating them."""
-  inputs = init_inputs(model, batch_size)
+  inputs = task_models.init_inputs(model, batch_size)
   shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), **inputs))
   return nn.meta.unbox(shapes["params"])
 

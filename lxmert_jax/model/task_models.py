@@ -11,9 +11,10 @@ from typing import Mapping, Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from lxmert_jax.model.config import LxmertConfig
-from lxmert_jax.model.encoders import LxmertModel
+from lxmert_jax.model.encoders import LxmertModel, dummy_inputs
 from lxmert_jax.model.gather import take_rows
 from lxmert_jax.model.heads import AnswerHead, PreTrainingHeads, VisualObjHead
 from lxmert_jax.model.outputs import (LxmertForNLVR2Output, LxmertForPreTrainingOutput,
@@ -196,3 +197,12 @@ class LxmertForNLVR2(nn.Module):
     logits = AnswerHead(cfg, 2, input_axis=None, name="answer_head")(pooled)
     loss = None if labels is None else losses.mean_cross_entropy(logits, labels)
     return LxmertForNLVR2Output(logits=logits, pooled_output=pooled, loss=loss)
+
+
+def init_inputs(model: nn.Module, batch_size: int = 1) -> dict[str, np.ndarray]:
+  """Small inputs that `model.init` accepts (NLVR2 takes image pairs)."""
+  inputs = dummy_inputs(model.config, batch_size, seq_len=4, num_objects=2)
+  if isinstance(model, LxmertForNLVR2):
+    for name in ("visual_feats", "visual_pos", "visual_attention_mask"):
+      inputs[name] = np.stack([inputs[name]] * 2, axis=1)
+  return inputs

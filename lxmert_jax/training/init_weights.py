@@ -35,6 +35,7 @@ import numpy as np
 
 from lxmert_jax import convert
 from lxmert_jax.convert import checkpoints
+from lxmert_jax.model import task_models
 from lxmert_jax.model.config import LxmertConfig
 
 MODES = ("scratch", "lxmert", "bert")
@@ -125,7 +126,7 @@ def _nothing_loaded(init: ml_collections.ConfigDict, model: nn.Module,
 
 
 def _fresh_params(model: nn.Module, key: jax.Array) -> Any:
-  inputs = checkpoints.init_inputs(model)
+  inputs = task_models.init_inputs(model)
   params = jax.jit(lambda k: nn.unbox(model.init(k, **inputs)["params"]))(key)
   return jax.tree.map(np.asarray, params)
 

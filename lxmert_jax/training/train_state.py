@@ -19,8 +19,7 @@ import numpy as np
 import optax
 
 from lxmert_jax.training import sharding as sharding_lib
-from lxmert_jax.model.config import LxmertConfig
-from lxmert_jax.model.encoders import dummy_inputs
+from lxmert_jax.model.task_models import init_inputs
 
 
 @flax.struct.dataclass
@@ -45,13 +44,13 @@ class TrainState:
     return jax.random.fold_in(jax.random.wrap_key_data(self.rng), self.step)
 
 
-def boxed_param_shapes(model: nn.Module, config: LxmertConfig) -> Any:
+def boxed_param_shapes(model: nn.Module) -> Any:
   """Abstract parameters with their logical-partitioning boxes."""
-  inputs = dummy_inputs(config, batch_size=1, seq_len=4, num_objects=2)
+  inputs = init_inputs(model)
   return jax.eval_shape(lambda: model.init(jax.random.key(0), **inputs))["params"]
 
 
-def state_shardings(model: nn.Module, config: LxmertConfig, tx: optax.GradientTransformation,
+def state_shardings(model: nn.Module, tx: optax.GradientTransformation,
                     mesh: jax.sharding.Mesh, rules: sharding_lib.Rules
                     ) -> tuple[TrainState, TrainState]:
   """The abstract state and the NamedSharding of each of its leaves.
@@ -62,7 +61,7 @@ def state_shardings(model: nn.Module, config: LxmertConfig, tx: optax.GradientTr
   Returns:
     (abstract TrainState of ShapeDtypeStructs, TrainState of NamedShardings).
   """
-  boxed = boxed_param_shapes(model, config)
+  boxed = boxed_param_shapes(model)
   param_sh = sharding_lib.logical_to_shardings(boxed, mesh, rules)
   params = nn.unbox(boxed)
   opt_state = jax.eval_shape(tx.init, params)
@@ -93,15 +92,13 @@ def seed_keys(seed: int) -> tuple[jax.Array, jax.Array]:
   return init_key, run_key
 
 
-def create_train_state(model: nn.Module, config: LxmertConfig,
-                       tx: optax.GradientTransformation, shardings: TrainState, seed: int,
-                       params: Optional[Any] = None, *,
+def create_train_state(model: nn.Module, tx: optax.GradientTransformation,
+                       shardings: TrainState, seed: int, params: Optional[Any] = None, *,
                        rules: Optional[sharding_lib.Rules] = None) -> TrainState:
   """Initialises the state directly in its sharded layout.
 
   Args:
     model: the task model.
-    config: its config (for the init inputs' shapes).
     tx: the optimiser.
     shardings: from `state_shardings`.
     seed: seeds both the parameter init and the run's base rng.
@@ -130,7 +127,7 @@ def create_train_state(model: nn.Module, config: LxmertConfig,
 
   with jax.set_mesh(shardings.step.mesh), nn.logical_axis_rules(rules):
     if params is None:
-      inputs = dummy_inputs(config, batch_size=1, seq_len=4, num_objects=2)
+      inputs = init_inputs(model)
 
       def init() -> TrainState:
         boxed = model.init(init_key, **inputs)["params"]

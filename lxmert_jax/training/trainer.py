@@ -95,7 +95,7 @@ def _restore_or_init(config: ml_collections.ConfigDict, ckpt: checkpointing.Chec
     return ckpt.restore(latest, ts.with_shardings(abstract, shardings), train_iter)
   params, _ = init_weights.initial_params(config.init, task.model, task.model_config,
                                           ts.seed_keys(config.seed)[0])
-  return ts.create_train_state(task.model, task.model_config, tx, shardings, config.seed,
+  return ts.create_train_state(task.model, tx, shardings, config.seed,
                                params, rules=rules)
 
 
@@ -132,7 +132,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   steps_per_epoch = task.steps_per_epoch
   num_steps = total_steps(config, steps_per_epoch)
   tx, schedule = optimizers.make_optimizer(config.optimizer, num_steps)
-  abstract, shardings = ts.state_shardings(task.model, task.model_config, tx, mesh, rules)
+  abstract, shardings = ts.state_shardings(task.model, tx, mesh, rules)
   ckpt = checkpointing.Checkpointer(workdir / "checkpoints", config.ckpt)
   batch_sh = sharding_lib.batch_sharding(mesh)
   place = lambda b: sharding_lib.global_batch(b, batch_sh)
@@ -155,7 +155,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if task.describe():
     writer.log(task.describe())
   unsplit = sharding_lib.unsplit_dimensions(
-      ts.boxed_param_shapes(task.model, task.model_config), mesh, rules)
+      ts.boxed_param_shapes(task.model), mesh, rules)
   if unsplit:
     writer.log(f"sharding: {len(unsplit)} parameter dimension(s) the mesh cannot split are "
                "replicated:\n" + "\n".join(f"  {line}" for line in unsplit))
