@@ -27,6 +27,7 @@ from lxmert_jax.model.task_models import LxmertForPreTraining  # pylint: disable
 from lxmert_jax.model.encoders import dummy_inputs  # pylint: disable=wrong-import-position
 
 
+@pytest.mark.slow
 def test_tiny_run_produces_results_and_passes_checks(tmp_path):
   pytest.importorskip("torch")
   pytest.importorskip("transformers")

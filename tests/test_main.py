@@ -42,6 +42,7 @@ def _steps(workdir):
   return sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
 
 
+@pytest.mark.slow
 def test_tiny_run_writes_checkpoints_events_metrics_and_plot(env, demo_data, tmp_path):
   workdir = str(tmp_path / "run")
   result = _run(env, workdir, f"--config.data.dir={demo_data}")
@@ -73,6 +74,7 @@ def test_tiny_run_writes_checkpoints_events_metrics_and_plot(env, demo_data, tmp
   assert "starting at step 6" in again.stderr
 
 
+@pytest.mark.slow
 def test_sigterm_saves_exits_cleanly_and_resumes(env, demo_data, tmp_path):
   workdir = str(tmp_path / "preempted")
   overrides = [f"--config.data.dir={demo_data}", "--config.num_train_steps=100000",

@@ -108,6 +108,7 @@ def test_pretraining_loss_and_terms_match_transformers(batch):
     assert abs(float(terms[term]) - ref) <= TOL * abs(ref), term
 
 
+@pytest.mark.slow
 def test_gradients_match_transformers():
   hf, model, params = torch_pair("LxmertForPreTraining", seed=3)
   inputs = random_inputs(3, seed=5)

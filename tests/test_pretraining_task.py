@@ -115,6 +115,7 @@ def _uneven_batch():
   return batch
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fractions", [(0.0, 0.0), (0.6, 0.6)], ids=["full", "gathered"])
 def test_gradient_accumulation_gives_the_whole_batchs_gradient(fractions):
   task = _task(mlm=fractions[0], feat=fractions[1])
@@ -138,6 +139,7 @@ def test_gradient_accumulation_gives_the_whole_batchs_gradient(fractions):
 # --- Masked decoding ------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_decoding_gathered_masked_rows_keeps_loss_and_gradients():
   batch = jax.tree.map(jnp.asarray, _batch())
   assert 0 < int(jnp.sum(batch["feat_mask"] > 0)) < batch["feat_mask"].size
@@ -158,6 +160,7 @@ def test_decoding_gathered_masked_rows_keeps_loss_and_gradients():
     assert _max_diff(grads, g0) < 1e-6
 
 
+@pytest.mark.slow
 def test_step_gradients_equal_the_whole_models_loss_gradients():
   # The step differentiates the backbone and the heads separately (the heads
   # inside the decoding branches); together they must give the gradient of

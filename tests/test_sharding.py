@@ -134,6 +134,7 @@ def _max_abs_diff(a, b):
              for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(MESHES))
 def test_mesh_matches_single_device(name):
   ref_metrics, ref_grads, ref_params, ref_init = _step_results("single")
@@ -160,6 +161,7 @@ def test_mesh_matches_single_device(name):
 ODD_VOCAB = 97
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["dp", "fsdp"])
 def test_masked_lm_decoder_runs_on_each_shards_own_rows(name):
   mesh, _, tx, _, shardings, state = _setup(name, vocab_size=ODD_VOCAB)

@@ -68,6 +68,7 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(demo_data, tmp_path):
                             a["params"]["cls"]["predictions"]["bias"])
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:Sharding info not provided")
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(demo_data, tmp_path,
                                                                    monkeypatch, capsys):
