@@ -16,6 +16,7 @@ import optax
 import pytest
 
 from configs import common
+from mesh_utils import named_mesh
 from lxmert_jax.model.config import LxmertConfig
 from lxmert_jax.model.task_models import (LxmertForNLVR2, LxmertForPreTraining,
                                           LxmertForQuestionAnswering, init_inputs)
@@ -36,9 +37,7 @@ pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
 def _mesh(name):
-  if name == "single":
-    return sharding_lib.make_mesh(dict(data=1, fsdp=1, tensor=1), devices=jax.devices()[:1])
-  return sharding_lib.make_mesh(MESHES[name])
+  return named_mesh(name, MESHES)
 
 
 @functools.lru_cache(maxsize=None)

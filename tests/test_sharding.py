@@ -16,6 +16,7 @@ import optax
 import pytest
 
 from configs import common
+from mesh_utils import named_mesh
 from configs import pretrain
 from lxmert_jax.training import optimizers
 from lxmert_jax.training import sharding as sharding_lib
@@ -85,9 +86,7 @@ pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
 def _mesh(name):
-  if name == "single":
-    return sharding_lib.make_mesh(dict(data=1, fsdp=1, tensor=1), devices=jax.devices()[:1])
-  return sharding_lib.make_mesh(MESHES[name])
+  return named_mesh(name, MESHES)
 
 
 @functools.lru_cache(maxsize=None)

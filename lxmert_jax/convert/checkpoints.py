@@ -88,6 +88,23 @@ def atomic_directory(directory: str | os.PathLike) -> Iterator[str]:
     raise
 
 
+def read_json_object(path: str) -> dict[str, Any]:
+  """The JSON object in the file at `path`.
+
+  Raises:
+    ConversionError: the file is not valid JSON, or holds something else than
+      an object; the message names the file.
+  """
+  with open(path, encoding="utf-8") as f:
+    try:
+      data = json.load(f)
+    except json.JSONDecodeError as e:
+      raise ConversionError(f"{path}: not valid JSON ({e})") from e
+  if not isinstance(data, dict):
+    raise ConversionError(f"{path}: expected a JSON object, found {type(data).__name__}")
+  return data
+
+
 def check_output_directory(directory: str | os.PathLike) -> None:
   """Raises `ConversionError` if orbax cannot write a checkpoint at `directory`.
 
@@ -127,13 +144,7 @@ def load_config(directory: str | os.PathLike) -> tuple[LxmertConfig, str]:
   path = os.path.join(directory, "config.json")
   if not os.path.exists(path):
     raise FileNotFoundError(f"{directory}: no config.json; not an lxmert_jax checkpoint")
-  with open(path, encoding="utf-8") as f:
-    try:
-      data = json.load(f)
-    except json.JSONDecodeError as e:
-      raise ConversionError(f"{path}: not valid JSON ({e})") from e
-  if not isinstance(data, dict):
-    raise ConversionError(f"{path}: expected a JSON object, found {type(data).__name__}")
+  data = read_json_object(path)
   architectures = data.get("architectures") or ["LxmertForPreTraining"]
   return config_from_dict(data, path), architectures[0]
 

@@ -139,14 +139,7 @@ def read_hf_directory(hf_dir: str | os.PathLike
   if not os.path.exists(config_path):
     raise ConversionError(f"{hf_dir}: no config.json; expected a transformers "
                           "`save_pretrained` directory")
-  with open(config_path, encoding="utf-8") as f:
-    try:
-      data = json.load(f)
-    except json.JSONDecodeError as e:
-      raise ConversionError(f"{config_path}: not valid JSON ({e})") from e
-  if not isinstance(data, dict):
-    raise ConversionError(f"{config_path}: expected a JSON object, found "
-                          f"{type(data).__name__}")
+  data = checkpoints.read_json_object(config_path)
   if data.get("model_type") != "lxmert":
     raise ConversionError(f"{config_path}: model_type is {data.get('model_type')!r}, "
                           "expected 'lxmert'")
