@@ -11,7 +11,7 @@ from lxmert_jax.data import layout
 from lxmert_jax.data import prepare
 from lxmert_jax.data.prepare import feature_sets
 from lxmert_jax.data import store
-from lxmert_jax.data.prepare import synthetic_corpus
+from lxmert_jax.data.prepare import synthetic_scenes
 from lxmert_jax.data import tfds_builders
 from lxmert_jax.data import tokenization
 from lxmert_jax.data.prepare import tsv_features
@@ -65,8 +65,8 @@ def test_pretrain_records_follow_the_reference_flattening():
   table = annotations.AnswerTable(meta["answers"])
   tok = tokenization.make_tokenizer("bert")
   assert meta["tokenizer"]["fingerprint"] == tok.fingerprint
-  assert meta["num_object_labels"] == len(synthetic_corpus.OBJECT_CLASSES)
-  assert meta["num_attr_labels"] == len(synthetic_corpus.ATTRIBUTES)
+  assert meta["num_object_labels"] == len(synthetic_scenes.OBJECT_CLASSES)
+  assert meta["num_attr_labels"] == len(synthetic_scenes.ATTRIBUTES)
   for split in layout.PRETRAIN_SPLITS:
     with open(os.path.join(ann, f"{split}.json"), encoding="utf-8") as f:
       data = _reference_flattening(json.load(f))

@@ -12,6 +12,7 @@ from lxmert_jax.data import build_demo_data
 from lxmert_jax.data import layout
 from lxmert_jax.data import make_pretrain_loader
 from lxmert_jax.data.prepare import synthetic_corpus as sc
+from lxmert_jax.data.prepare import synthetic_scenes as scenes
 from lxmert_jax.data import tokenization
 from lxmert_jax.data.prepare import tsv_features
 from test_data_support import TINY, collect, corpus_dir, tiny_data, tsv_images
@@ -48,7 +49,7 @@ def test_sentences_use_whole_words_of_the_bert_vocab():
   sents = [s for d in train for ss in d["sentf"].values() for s in ss]
   pieces = [p for ids in tok.tokenize_ids(sents) for p in ids]
   assert tok.unk_id not in pieces
-  words = set(sc.COLOURS + sc.SIZES + sc.MATERIALS + sc.OBJECT_CLASSES)
+  words = set(scenes.COLOURS + scenes.SIZES + scenes.MATERIALS + scenes.OBJECT_CLASSES)
   assert all(tok.token_to_id(w) is not None for w in words)
 
 
@@ -59,7 +60,7 @@ def test_features_reveal_class_and_colour():
   cls = np.concatenate([im.objects_id for im in images])
   colour = np.concatenate([im.attrs_id for im in images])
   half = len(x) // 2
-  for labels, num in ((cls, len(sc.OBJECT_CLASSES)), (colour, len(sc.COLOURS))):
+  for labels, num in ((cls, len(scenes.OBJECT_CLASSES)), (colour, len(scenes.COLOURS))):
     # A least-squares linear probe fit on half the boxes, scored on the rest.
     onehot = np.eye(num)[labels[:half]]
     xb = np.c_[x, np.ones(len(x))]
@@ -109,14 +110,14 @@ def test_answers_and_captions_are_true_of_their_image():
             **tsv_images(root, "vg_gqa")}
   train = annotations.load_json(os.path.join(root, "lxmert", "mscoco_train.json"))
   colour_q = re.compile(r"what color is the (\w+) \?")
-  mentioned = re.compile(r"(" + "|".join(sc.COLOURS) + r") (?:\w+ )?(" +
-                         "|".join(sc.OBJECT_CLASSES) + r")\b")
+  mentioned = re.compile(r"(" + "|".join(scenes.COLOURS) + r") (?:\w+ )?(" +
+                         "|".join(scenes.OBJECT_CLASSES) + r")\b")
   checked, own_hits, other_hits = 0, [], []
   ids = list(images)
   rng = np.random.default_rng(0)
   for datum in train:
     img = images[datum["img_id"]]
-    pairs = {(sc.COLOURS[a], sc.OBJECT_CLASSES[c]) for a, c in zip(img.attrs_id, img.objects_id)}
+    pairs = {(scenes.COLOURS[a], scenes.OBJECT_CLASSES[c]) for a, c in zip(img.attrs_id, img.objects_id)}
     for sent, label in zip(datum["sentf"].get("vqa", []), datum["labelf"].get("vqa", [])):
       m = colour_q.fullmatch(sent)
       if m:
@@ -124,7 +125,7 @@ def test_answers_and_captions_are_true_of_their_image():
         assert (best, m.group(1)) in pairs
         checked += 1
     other = images[ids[rng.integers(len(ids))]]
-    other_pairs = {(sc.COLOURS[a], sc.OBJECT_CLASSES[c])
+    other_pairs = {(scenes.COLOURS[a], scenes.OBJECT_CLASSES[c])
                    for a, c in zip(other.attrs_id, other.objects_id)}
     for caption in datum["sentf"]["mscoco"]:
       for found in mentioned.findall(caption):
