@@ -117,3 +117,27 @@ def require(record: Mapping[str, Any], key: str, kind: type | tuple[type, ...], 
     raise EvaluationError(f"field {key!r} must be {names}, got {type(value).__name__}",
                           path=path, key=where)
   return value
+
+
+def read_prediction_list(path: str | os.PathLike, id_key: str, id_kind: type | tuple[type, ...],
+                         value_key: str, *, noun: str) -> dict[Hashable, str]:
+  """`{id: value}` from a submission-style JSON array of `{id_key, value_key}` objects.
+
+  Args:
+    noun: what one entry is called in errors ("result", "prediction").
+
+  Raises:
+    EvaluationError: not an array, a malformed entry, or an id given twice.
+  """
+  content = read_json(path)
+  if not isinstance(content, list):
+    raise EvaluationError(f"{noun}s must be a JSON array of {{{id_key}, {value_key}}} objects",
+                          path=path)
+  values: dict[Hashable, str] = {}
+  for index, entry in enumerate(content):
+    qid = require(entry, id_key, id_kind, where=f"[{index}]", path=path)
+    if qid in values:
+      raise EvaluationError(f"question id has more than one {noun}", path=path, key=qid)
+    values[qid] = require(entry, value_key, str, where=qid, path=path)
+  return values
+

@@ -39,6 +39,7 @@ import os
 from typing import Any, Mapping
 
 from lxmert_jax.evaluation.common import (EvaluationError, check_prediction_ids, read_json,
+                                          read_prediction_list,
                                           require)
 
 PathLike = str | os.PathLike
@@ -251,17 +252,7 @@ def load_gqa_choices(path: PathLike) -> dict[str, dict[str, Any]]:
 
 def load_gqa_predictions(path: PathLike) -> dict[str, str]:
   """Predictions in the submission format: `[{"questionId": str, "prediction": str}]`."""
-  content = read_json(path)
-  if not isinstance(content, list):
-    raise EvaluationError("predictions must be a JSON array of {questionId, prediction} objects",
-                          path=path)
-  predictions: dict[str, str] = {}
-  for index, entry in enumerate(content):
-    qid = require(entry, "questionId", str, where=f"[{index}]", path=path)
-    if qid in predictions:
-      raise EvaluationError("question id has more than one prediction", path=path, key=qid)
-    predictions[qid] = require(entry, "prediction", str, where=qid, path=path)
-  return predictions
+  return read_prediction_list(path, "questionId", str, "prediction", noun="prediction")
 
 
 def evaluate_gqa_files(predictions_path: PathLike, questions_path: PathLike, *,

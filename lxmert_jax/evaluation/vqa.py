@@ -42,6 +42,7 @@ import re
 from typing import Any, Hashable, Iterable, Mapping, Sequence
 
 from lxmert_jax.evaluation.common import (EvaluationError, check_prediction_ids, read_json,
+                                          read_prediction_list,
                                           require)
 
 PathLike = str | os.PathLike
@@ -301,17 +302,7 @@ def load_vqa_annotations(annotation_path: PathLike,
 
 def load_vqa_results(path: PathLike) -> dict[Hashable, str]:
   """Predictions from an official results file: `[{"question_id": int, "answer": str}]`."""
-  content = read_json(path)
-  if not isinstance(content, list):
-    raise EvaluationError("results must be a JSON array of {question_id, answer} objects",
-                          path=path)
-  predictions: dict[Hashable, str] = {}
-  for index, result in enumerate(content):
-    qid = require(result, "question_id", (int, str), where=f"[{index}]", path=path)
-    if qid in predictions:
-      raise EvaluationError("question id has more than one result", path=path, key=qid)
-    predictions[qid] = require(result, "answer", str, where=qid, path=path)
-  return predictions
+  return read_prediction_list(path, "question_id", (int, str), "answer", noun="result")
 
 
 def evaluate_vqa_files(results_path: PathLike, annotation_path: PathLike,
