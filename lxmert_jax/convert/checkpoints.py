@@ -5,6 +5,9 @@ Layout of a directory written by `save_model`:
     config.json   transformers-style LXMERT config, `architectures` naming the
                   task model, our dtypes under `lxmert_jax`
     params/       the parameter tree, saved with orbax's StandardCheckpointer
+    answers.json  (models with an answer head) the answer of each output row,
+                  a JSON list of strings; needed to turn scores into answers
+                  and to transfer the head to another answer vocabulary
 
 A directory is written under a temporary name and renamed into place only
 when complete, so a failed or interrupted save never leaves a checkpoint that
@@ -23,7 +26,7 @@ import json
 import os
 import shutil
 import tempfile
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -35,6 +38,7 @@ from lxmert_jax.model import encoders
 from lxmert_jax.model.config import LxmertConfig
 
 _GLOB_BRACKETS = ("[", "]")
+ANSWERS_FILE = "answers.json"
 
 ARCHITECTURES: dict[str, type[nn.Module]] = {
     "LxmertModel": encoders.LxmertModel,
@@ -119,16 +123,28 @@ def check_output_directory(directory: str | os.PathLike) -> None:
         "read back); choose an output directory without brackets")
 
 
-def save_model(directory: str | os.PathLike, model: nn.Module, params: Any) -> str:
-  """Writes `config.json` and `params/` atomically; returns the directory.
+def save_model(directory: str | os.PathLike, model: nn.Module, params: Any,
+               answers: Optional[Sequence[str]] = None) -> str:
+  """Writes `config.json`, `params/` and `answers.json` atomically; returns the directory.
+
+  Args:
+    directory: where to write.
+    model: the task model.
+    params: its parameters.
+    answers: the answer of each row of the answer head, if it has one.
 
   Raises:
-    ConversionError: `directory` contains `[` or `]` (nothing is written).
+    ConversionError: `directory` contains `[` or `]`, or `answers` does not
+      fit the model's answer head (nothing is written).
   """
   check_output_directory(directory)
+  if answers is not None:
+    check_answers(model, answers, "answers")
   with atomic_directory(directory) as tmp:
     model.config.to_json_file(os.path.join(tmp, "config.json"),
                               architectures=[architecture_name(model)])
+    if answers is not None:
+      save_answers(tmp, answers)
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(os.path.join(tmp, "params"), nn.meta.unbox(params))
     checkpointer.wait_until_finished()
@@ -182,3 +198,75 @@ def load_model(directory: str | os.PathLike, **config_overrides: Any
     raise ConversionError(f"{params_dir}: cannot restore the parameters of {architecture} "
                           f"described by config.json ({e})") from e
   return model, params
+
+
+def answer_head_size(model: nn.Module) -> Optional[int]:
+  """The number of answers the model scores (None for a model without answers).
+
+  NLVR2's two-way classifier is not an answer vocabulary, so it has none.
+  """
+  if isinstance(model, task_models.LxmertForQuestionAnswering):
+    return model.config.num_qa_labels
+  if isinstance(model, task_models.LxmertForPreTraining) and model.config.task_qa:
+    return model.config.num_qa_labels
+  return None
+
+
+def check_answers(model: nn.Module, answers: Sequence[str], source: str) -> None:
+  """Raises `ConversionError` unless `answers` has one string per answer-head row."""
+  size = answer_head_size(model)
+  if size is None:
+    raise ConversionError(f"{source}: {type(model).__name__} has no answer head to name "
+                          "answers for")
+  if not all(isinstance(a, str) for a in answers):
+    bad = next(i for i, a in enumerate(answers) if not isinstance(a, str))
+    raise ConversionError(f"{source}[{bad}]: expected an answer string, found "
+                          f"{answers[bad]!r}")
+  if len(answers) != size:
+    raise ConversionError(f"{source}: {len(answers)} answers for an answer head of {size} "
+                          "rows; the answer vocabulary must be the one the head was "
+                          "trained on")
+
+
+def save_answers(directory: str | os.PathLike, answers: Sequence[str]) -> str:
+  """Writes `answers.json` (a list of answer strings) into `directory`."""
+  path = os.path.join(os.fspath(directory), ANSWERS_FILE)
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump(list(answers), f, ensure_ascii=False)
+  return path
+
+
+def read_answer_list(path: str) -> list[str]:
+  """An answer vocabulary file: a JSON list of strings, or the original `all_ans.json`.
+
+  `all_ans.json` (the original pre-training answer table) is a list of
+  `{"ans": str, "dsets": [...]}`; its order is the order of the 9500-way
+  head's rows.
+
+  Raises:
+    ConversionError: the file is not valid JSON or an item is neither a string
+      nor an object with a string `ans` (the message names the index).
+  """
+  with open(path, encoding="utf-8") as f:
+    try:
+      data = json.load(f)
+    except json.JSONDecodeError as e:
+      raise ConversionError(f"{path}: not valid JSON ({e})") from e
+  if not isinstance(data, list):
+    raise ConversionError(f"{path}: expected a JSON list of answers, found "
+                          f"{type(data).__name__}")
+  answers = []
+  for i, item in enumerate(data):
+    if isinstance(item, dict) and isinstance(item.get("ans"), str):
+      item = item["ans"]
+    if not isinstance(item, str):
+      raise ConversionError(f"{path}[{i}]: expected an answer string or an object with a "
+                            f"string 'ans', found {item!r}")
+    answers.append(item)
+  return answers
+
+
+def load_answers(directory: str | os.PathLike) -> Optional[list[str]]:
+  """The `answers.json` of a checkpoint directory, or None if it has none."""
+  path = os.path.join(os.fspath(directory), ANSWERS_FILE)
+  return read_answer_list(path) if os.path.exists(path) else None

@@ -17,7 +17,7 @@ however unevenly the labels fall between them.
 from __future__ import annotations
 
 import abc
-from typing import Any, Callable, Iterator, Mapping, Optional
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -47,6 +47,9 @@ class Task(abc.ABC):
   name: str
   model: nn.Module
   model_config: Any
+  # The answer of each answer-head row (written to the run's answers.json and
+  # used to transfer a checkpoint's answer head); None without an answer head.
+  answers: Optional[Sequence[str]] = None
 
   # --- Objective ---------------------------------------------------------------
 

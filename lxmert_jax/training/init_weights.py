@@ -2,10 +2,16 @@
 
 * `scratch`: the model's own initialiser (N(0, 0.02) weights, zero biases,
   unit LayerNorm scales), as the paper pre-trained LXMERT.
-* `lxmert`: a saved LXMERT, either our checkpoint directory (`config.json` +
+* `lxmert`: a saved LXMERT: a run directory of the trainer (its best
+  checkpoint, or `init.step`), our checkpoint directory (`config.json` +
   `params/`) or a transformers `save_pretrained` directory. Parameters whose
-  shape differs (e.g. an answer head with another number of answers) keep
-  their fresh initialisation.
+  shape differs keep their fresh initialisation. With `init.encoder_only`
+  only the encoder (`lxmert/...`) is loaded (the original's `--loadLXMERT`,
+  used for NLVR2). A task with an answer vocabulary gets the checkpoint's
+  answer head transferred answer by answer (`answer_transfer`, the
+  original's `--loadLXMERTQA`); the checkpoint's own answer table comes from
+  its `answers.json` or from `init.answers` (e.g. the original
+  `all_ans.json`).
 * `bert`: the language side from a BERT checkpoint in Hugging Face format, as
   the released code's default: embeddings, the first `l_layers` encoder
   layers, the pooler, and the masked-LM transform/bias and next-sentence head
@@ -25,7 +31,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 from absl import logging
 import flax.linen as nn
@@ -33,10 +39,14 @@ import jax
 import ml_collections
 import numpy as np
 
-from lxmert_jax import convert
+from lxmert_jax import paths
+
 from lxmert_jax.convert import checkpoints
+from lxmert_jax.convert.hf import hf_key
+from lxmert_jax.inference import saved_models
 from lxmert_jax.model import task_models
 from lxmert_jax.model.config import LxmertConfig
+from lxmert_jax.training import answer_transfer
 
 MODES = ("scratch", "lxmert", "bert")
 _BERT_LAYER = re.compile(r"layer_(\d+)")
@@ -77,17 +87,27 @@ class InitReport:
                    + (" ..." if len(self.unused) > 20 else ""))
     return "\n".join(lines)
 
+  def summary(self) -> str:
+    """The report's first line and the answer-head transfer, for a run's start-up lines."""
+    lines = str(self).split("\n")[:1]
+    lines += [f"  {n}" for n in self.notes if n.startswith("answer head")]
+    return "\n".join(lines)
+
 
 def initial_params(init: ml_collections.ConfigDict, model: nn.Module,
-                   model_config: LxmertConfig, init_key: jax.Array
+                   model_config: LxmertConfig, init_key: jax.Array,
+                   answers: Optional[Sequence[str]] = None
                    ) -> tuple[Optional[Any], Optional[InitReport]]:
   """The starting parameters for `config.init`, and the load report.
 
   Args:
-    init: the `init` config block (`mode`, `path`).
+    init: the `init` config block (`mode`, `path`; optional `step`,
+      `encoder_only`, `answers`).
     model: the task model being trained.
     model_config: its config.
     init_key: the key of the model's own initialiser (for what is not loaded).
+    answers: the task's answer vocabulary (label2ans), for the answer-head
+      transfer; None for a task without one.
 
   Returns:
     (params, report); (None, None) for `scratch`, meaning the sharded
@@ -100,12 +120,12 @@ def initial_params(init: ml_collections.ConfigDict, model: nn.Module,
     raise ValueError(f"init.mode {init.mode!r}: expected one of {MODES}")
   if init.mode == "scratch":
     return None, None
-  if not init.path or not os.path.isdir(init.path):
+  if not init.path or not paths.resolve(init.path).is_dir():
     raise FileNotFoundError(f"init.path {init.path!r} for init.mode={init.mode!r} is not a "
                             "directory")
   fresh = _fresh_params(model, init_key)
   if init.mode == "lxmert":
-    params, report = _merge_lxmert(fresh, init.path)
+    params, report = _merge_lxmert(fresh, init, answers)
   else:
     params, report = load_bert(fresh, init.path, model_config.l_layers)
   if not report.loaded:
@@ -156,22 +176,34 @@ def _lxmert_source_key(key: str, source_bare: bool, target_bare: bool) -> Option
   return key[len(_ENCODER):] if key.startswith(_ENCODER) else None
 
 
-def _merge_lxmert(fresh: Any, path: str) -> tuple[Any, InitReport]:
-  """Loads a saved LXMERT (ours or transformers') into the fresh tree."""
-  if os.path.isdir(os.path.join(path, "params")):
-    _, loaded = checkpoints.load_model(path)
-  else:
-    _, loaded = convert.from_pretrained_hf(path)
-  source = _flat(jax.tree.map(np.asarray, loaded))
+def _checkpoint_answers(init: ml_collections.ConfigDict,
+                        saved: saved_models.SavedModel) -> Optional[list[str]]:
+  """The answer table of the checkpoint's answer head: `init.answers`, else its answers.json."""
+  if init.get("answers"):
+    return checkpoints.read_answer_list(init.answers)
+  return saved.answers
+
+
+def _merge_lxmert(fresh: Any, init: ml_collections.ConfigDict,
+                  answers: Optional[Sequence[str]]) -> tuple[Any, InitReport]:
+  """Loads a saved LXMERT (a run, ours or transformers') into the fresh tree."""
+  saved = saved_models.load_saved_model(init.path, init.get("step", "best"))
+  source = _flat(jax.tree.map(np.asarray, saved.params))
   target = _flat(fresh)
   source_bare, target_bare = _is_bare(source), _is_bare(target)
-  report = InitReport(source=path, loaded=[], initialised=[])
+  encoder_only = init.get("encoder_only", False)
+  where = init.path + (f" (step {saved.step})" if saved.step is not None else "")
+  report = InitReport(source=where, loaded=[], initialised=[])
+  transfer = (answers is not None and answer_transfer.has_answer_head(target)
+              and answer_transfer.has_answer_head(source) and not encoder_only)
   used: set[str] = set()
   for key, value in target.items():
     found = _lxmert_source_key(key, source_bare, target_bare)
-    if found not in source:
+    if found not in source or (encoder_only and not key.startswith(_ENCODER)):
       report.initialised.append(key)
       continue
+    if transfer and key in (answer_transfer.KERNEL, answer_transfer.BIAS):
+      continue  # Filled answer by answer below.
     used.add(found)
     if source[found].shape != value.shape:
       report.initialised.append(key)
@@ -180,8 +212,38 @@ def _merge_lxmert(fresh: Any, path: str) -> tuple[Any, InitReport]:
     else:
       target[key] = source[found].astype(value.dtype)
       report.loaded.append(key)
+  if transfer:
+    _transfer_answers(init, saved, source, target, answers, report, used)
   report.unused = sorted(set(source) - used)
   return _unflat_like(fresh, target), report
+
+
+def _transfer_answers(init: ml_collections.ConfigDict, saved: saved_models.SavedModel,
+                      source: Mapping[str, np.ndarray], target: dict[str, Any],
+                      answers: Sequence[str], report: InitReport, used: set[str]) -> None:
+  """The answer-by-answer transfer of the output layer (see `answer_transfer`)."""
+  keys = (answer_transfer.KERNEL, answer_transfer.BIAS)
+  table = _checkpoint_answers(init, saved)
+  if table is None:
+    if source[keys[0]].shape != target[keys[0]].shape:
+      raise ValueError(
+          f"{init.path}: its answer head has {source[keys[0]].shape[-1]} rows but no answer "
+          f"table ({checkpoints.ANSWERS_FILE}) says which answer each row is, so it cannot be "
+          f"transferred to the task's {len(answers)} answers; pass "
+          "--config.init.answers=FILE (e.g. the original data/lxmert/all_ans.json) or "
+          "--config.init.encoder_only=True")
+    for key in keys:
+      target[key] = np.asarray(source[key]).astype(target[key].dtype)
+      report.loaded.append(key)
+      used.add(key)
+    report.notes.append(f"answer head: {len(answers)} rows loaded by index (the checkpoint "
+                        "has no answer table; its rows are assumed to be the task's answers)")
+    return
+  transferred = answer_transfer.transfer_answer_rows(target, source, table, answers,
+                                                     source_name=init.path)
+  report.loaded.extend(keys)
+  used.update(keys)
+  report.notes.append(str(transferred))
 
 
 def _read_state_dict(path: str) -> dict[str, np.ndarray]:
@@ -208,7 +270,7 @@ def _bert_candidates(our_key: str) -> list[str]:
   gamma/beta.
   """
   parts = tuple(our_key.split("/"))
-  hf = convert.hf_key(parts)
+  hf = hf_key(parts)
   if hf.startswith("lxmert."):
     rest = hf[len("lxmert."):]
     keys = [f"bert.{rest}", rest]

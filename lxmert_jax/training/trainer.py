@@ -12,6 +12,7 @@ mesh, the sharded state, the step, checkpoints, preemption and logging.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from typing import Any, Optional
@@ -22,6 +23,8 @@ import ml_collections
 import numpy as np
 
 from lxmert_jax import paths, tasks
+from lxmert_jax.convert import checkpoints
+from lxmert_jax.inference import saved_models
 from lxmert_jax.tasks.base import Task
 from lxmert_jax.training import checkpointing, init_weights, metric_sums, optimizers, prefetch
 from lxmert_jax.training import sharding as sharding_lib
@@ -86,17 +89,41 @@ def total_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
           else config.num_epochs * steps_per_epoch)
 
 
+def eval_interval(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
+  """Steps between evaluations: `eval_every_epochs` epochs when set, else `eval_every_steps`."""
+  epochs = config.get("eval_every_epochs", 0)
+  return epochs * steps_per_epoch if epochs > 0 else config.eval_every_steps
+
+
 def _restore_or_init(config: ml_collections.ConfigDict, ckpt: checkpointing.Checkpointer,
                      task: Task, tx: Any, abstract: ts.TrainState, shardings: ts.TrainState,
-                     rules: sharding_lib.Rules, train_iter: Any) -> ts.TrainState:
+                     rules: sharding_lib.Rules, train_iter: Any
+                     ) -> tuple[ts.TrainState, Optional[init_weights.InitReport]]:
   """The latest checkpoint of the work directory, else a new state per `config.init`."""
   latest = ckpt.latest_step()
   if latest is not None:
-    return ckpt.restore(latest, ts.with_shardings(abstract, shardings), train_iter)
-  params, _ = init_weights.initial_params(config.init, task.model, task.model_config,
-                                          ts.seed_keys(config.seed)[0])
+    return ckpt.restore(latest, ts.with_shardings(abstract, shardings), train_iter), None
+  params, report = init_weights.initial_params(config.init, task.model, task.model_config,
+                                               ts.seed_keys(config.seed)[0],
+                                               answers=task.answers)
   return ts.create_train_state(task.model, tx, shardings, config.seed,
-                               params, rules=rules)
+                               params, rules=rules), report
+
+
+def _write_run_files(config: ml_collections.ConfigDict, workdir: Any, task: Task) -> None:
+  """What the run directory needs to be loaded later without the command line.
+
+  `model_config.json` (the model), `run_config.json` (the run's config: its
+  data, and the metric that picks the best checkpoint) and, for a model with
+  an answer head, `answers.json` (the answer of each row).
+  """
+  task.model_config.to_json_file(workdir / saved_models.MODEL_CONFIG_FILE,
+                                 architectures=[type(task.model).__name__])
+  paths.write_bytes(workdir / saved_models.RUN_CONFIG_FILE,
+                    config.to_json_best_effort(indent=2, sort_keys=True).encode())
+  if task.answers is not None:
+    paths.write_bytes(workdir / checkpoints.ANSWERS_FILE,
+                      json.dumps(list(task.answers), ensure_ascii=False).encode())
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -139,11 +166,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   # Checkpoints save this iterator's position: the batches handed to the loop.
   train_iter = prefetch.DevicePrefetcher(task.train_iterator(), place,
                                          size=config.data.device_prefetch)
-  state = _restore_or_init(config, ckpt, task, tx, abstract, shardings, rules, train_iter)
+  state, init_report = _restore_or_init(config, ckpt, task, tx, abstract, shardings, rules,
+                                        train_iter)
   start = int(jax.device_get(state.step))
   if jax.process_index() == 0:
-    task.model_config.to_json_file(workdir / "model_config.json",
-                                   architectures=[type(task.model).__name__])
+    _write_run_files(config, workdir, task)
 
   train_step = step_lib.make_train_step(task, tx, schedule, shardings, mesh,
                                         config.grad_accum_steps)
@@ -154,6 +181,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
              f"({steps_per_epoch} per epoch), starting at step {start}")
   if task.describe():
     writer.log(task.describe())
+  if init_report is not None:
+    writer.log(init_report.summary())
+  every_eval = eval_interval(config, steps_per_epoch)
   unsplit = sharding_lib.unsplit_dimensions(
       ts.boxed_param_shapes(task.model), mesh, rules)
   if unsplit:
@@ -177,7 +207,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         stop = (preempt.is_set() or ckpt.reached_preemption(step)
                 or 0 < config.steps_per_run <= step - start)
         last = step == num_steps
-        do_eval = last or (config.eval_every_steps > 0 and step % config.eval_every_steps == 0)
+        do_eval = last or (every_eval > 0 and step % every_eval == 0)
         if stop or do_eval or ckpt.should_save(step):
           logger.add(*pending)  # Never save a state that has not been checked.
           pending = None
@@ -195,6 +225,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                      "with the same workdir to resume")
           break
     summary = task.final_summary(logger.first, logger.last, eval_metrics)
+    ckpt.wait_until_finished()
+    best = ckpt.best_step()
+    if best is not None and config.ckpt.keep_best > 0:
+      summary.append(f"best checkpoint: step {best} by {config.ckpt.best_metric} "
+                     f"({config.ckpt.best_mode})")
     writer.log(f"done: step {step}/{num_steps} in {time.time() - t0:.1f}s\n"
                + "".join(f"  {line}\n" for line in summary)
                + f"  files: {workdir}/metrics.jsonl, {workdir}/tensorboard, "

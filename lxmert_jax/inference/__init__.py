@@ -1,0 +1,1 @@
+"""Using trained models: loading any saved LXMERT and answering questions with it."""
