@@ -6,6 +6,11 @@ figures papers report, from answer strings, exactly as each benchmark's
 official evaluator does, so a number from here can be put next to a
 leaderboard entry; `lxmert_soft_score` is the original LXMERT code's own score,
 for comparing with its logs.
+
+`submission` writes the files the benchmark servers take (VQA results, GQA
+predictions, the NLVR2 CSV), and only once they hold exactly one prediction
+for every question of the split. `python -m lxmert_jax.evaluation` (`cli`)
+scores such a file against a split's annotations with the official metrics.
 """
 
 from lxmert_jax.evaluation.common import EvaluationError
@@ -15,6 +20,8 @@ from lxmert_jax.evaluation.gqa import (GQAScores, evaluate_gqa, evaluate_gqa_fil
 from lxmert_jax.evaluation.nlvr2 import (NLVR2Scores, evaluate_nlvr2, evaluate_nlvr2_files,
                                          load_nlvr2_examples, load_nlvr2_predictions,
                                          sentence_key)
+from lxmert_jax.evaluation.submission import (write_gqa_submission, write_nlvr2_submission,
+                                              write_vqa_submission)
 from lxmert_jax.evaluation.vqa import (VQAAccuracy, evaluate_vqa, evaluate_vqa_files,
                                        load_lxmert_split, load_vqa_annotations,
                                        load_vqa_results, lxmert_soft_score, normalize_answer,
@@ -26,5 +33,6 @@ __all__ = [
     "evaluate_vqa_files", "load_gqa_choices", "load_gqa_predictions", "load_gqa_questions",
     "load_lxmert_split", "load_nlvr2_examples", "load_nlvr2_predictions",
     "load_vqa_annotations", "load_vqa_results", "lxmert_soft_score", "normalize_answer",
-    "question_accuracy", "sentence_key",
+    "question_accuracy", "sentence_key", "write_gqa_submission", "write_nlvr2_submission",
+    "write_vqa_submission",
 ]
