@@ -14,7 +14,12 @@ import ml_collections
 from lxmert_jax.tasks.base import Task
 
 # Task name -> module (imported when a run asks for it).
-TASK_MODULES = {"pretraining": "lxmert_jax.tasks.pretraining"}
+TASK_MODULES = {
+    "pretraining": "lxmert_jax.tasks.pretraining",
+    "vqa": "lxmert_jax.tasks.question_answering",
+    "gqa": "lxmert_jax.tasks.question_answering",
+    "nlvr2": "lxmert_jax.tasks.nlvr2",
+}
 
 
 def build(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.Mesh) -> Task:

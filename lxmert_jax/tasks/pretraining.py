@@ -99,6 +99,9 @@ class PretrainingTask(Task):
   def __init__(self, config: ml_collections.ConfigDict, model_config: LxmertConfig,
                steps_per_epoch: int, num_groups: int = 1, data: Optional[Any] = None):
     self.config = config
+    # The pre-training answer table, for transferring the answer head later.
+    self.answers = (list(data.info["answers"]) if data is not None and model_config.task_qa
+                    else None)
     self.model_config = model_config
     self.model = LxmertForPreTraining(model_config)
     self._steps_per_epoch = steps_per_epoch

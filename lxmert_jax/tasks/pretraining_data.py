@@ -42,7 +42,7 @@ class PretrainData:
     if cfg.build_demo and not self._prepared():
       # One process builds; the others wait for it (they share the directory).
       if jax.process_index() == 0:
-        _say(f"building the demo corpus ({cfg.demo_images} images) in {self.dir}")
+        say(f"building the demo corpus ({cfg.demo_images} images) in {self.dir}")
         data_lib.build_demo_data(
             self.dir, num_images=cfg.demo_images, seed=cfg.demo_seed,
             feature_dim=cfg.demo_feature_dim, tasks=("pretrain",))
@@ -125,7 +125,7 @@ def demo_data_dir(workdir: str) -> str:
   return os.path.join(tempfile.gettempdir(), "lxmert_jax_demo_data")
 
 
-def _say(message: str) -> None:
+def say(message: str) -> None:
   """Logs, and shows on the console of process 0."""
   logging.info("%s", message)
   if jax.process_index() == 0:

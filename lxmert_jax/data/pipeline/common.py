@@ -5,7 +5,8 @@
   batch; their batches carry exactly the model inputs and targets.
   Evaluation loaders instead pad the record list with masked copies up to a
   multiple of `batch_size * shard_count`, so every host runs the same number
-  of full batches and a float `_mask` [B] marks the real examples.
+  of full batches; a float `_mask` [B] marks the real examples and an int32
+  `_index` [B] gives each one's record position (-1 for padding).
 * Record randomness comes from grain's per-record generator, seeded from the
   loader seed and the record's global position, so batches do not depend on
   the number of workers and a restored iterator replays them exactly.
@@ -20,6 +21,7 @@ import grain
 import numpy as np
 
 MASK_KEY = "_mask"
+INDEX_KEY = "_index"
 
 
 def default_shard(shard_index: int | None, shard_count: int | None) -> tuple[int, int]:
@@ -37,7 +39,9 @@ class PaddedSource(grain.sources.RandomAccessDataSource):
   """A source extended to `length` with masked copies of its first record.
 
   Every element is a dict with `_mask` = 1.0 for real records, 0.0 for
-  padding; a source of plain values is wrapped as `{"position": value}`.
+  padding, and `_index` = the record's position in `source` (-1 for
+  padding), which identifies an example's prediction on any host; a source of
+  plain values is wrapped as `{"position": value}`.
   """
 
   def __init__(self, source: Any, length: int):
@@ -57,6 +61,7 @@ class PaddedSource(grain.sources.RandomAccessDataSource):
     value = self.source[index if real else 0]
     record = dict(value) if isinstance(value, dict) else {"position": value}
     record[MASK_KEY] = np.float32(1.0 if real else 0.0)
+    record[INDEX_KEY] = np.int32(index if real else -1)
     return record
 
 

@@ -13,7 +13,9 @@ NLVR2 batch: the same text keys, `visual_feats` [B, 2, O, F], `visual_pos`
 `label` int32 [B] (1 = the statement is true).
 
 Evaluation loaders (`train=False`) keep every example: the last batch is
-padded with masked copies, `_mask` float32 [B] is 1 for real examples, and
+padded with masked copies, `_mask` float32 [B] is 1 for real examples,
+`_index` int32 [B] is the example's position in the split(s) (-1 for padding),
+and
 `question_id` (a numpy str array [B]; the NLVR2 identifier for NLVR2) stays on
 the host to match predictions back to questions.
 """
@@ -96,8 +98,9 @@ class BuildTaskExample(grain.transforms.Map):
       qid = record["question_id"]
     if self.keep_ids:
       example[QUESTION_ID_KEY] = np.asarray(qid.decode("utf-8") if isinstance(qid, bytes) else qid)
-    if common.MASK_KEY in record:
-      example[common.MASK_KEY] = record[common.MASK_KEY]
+    for key in (common.MASK_KEY, common.INDEX_KEY):
+      if key in record:
+        example[key] = record[key]
     return example
 
 

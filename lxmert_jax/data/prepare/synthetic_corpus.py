@@ -171,11 +171,35 @@ def _write_vqa(out_dir: str, vqa_q: dict, coco_train: list[Scene], coco_val: lis
             "nominival": records(coco_val[n_minival:])}
   for split, recs in splits.items():
     _write_json(os.path.join(root, f"{split}.json"), recs)
+  _write_json(os.path.join(root, VQA_VAL_ANNOTATIONS),
+              {"annotations": [_official_annotation(r) for split in ("minival", "nominival")
+                               for r in splits[split]]})
   counts = collections.Counter(a for recs in splits.values() for r in recs for a in r["label"])
   label2ans = sorted(counts, key=lambda a: (-counts[a], a))
   _write_json(os.path.join(root, "trainval_label2ans.json"), label2ans)
   _write_json(os.path.join(root, "trainval_ans2label.json"),
               {a: i for i, a in enumerate(label2ans)})
+
+
+# The official VQA evaluation's annotation file of the corpus's val2014 images
+# (minival + nominival), in the format of v2_mscoco_val2014_annotations.json.
+VQA_VAL_ANNOTATIONS = "v2_mscoco_val2014_annotations.json"
+
+
+def _official_annotation(record: dict) -> dict:
+  """Ten annotators' answers whose LXMERT soft scores are the record's label.
+
+  The label's main answer (score 1) gets 9 annotators and a minority answer
+  (score 0.3, one annotator in LXMERT's scoring) the tenth.
+  """
+  label = record["label"]
+  main = max(label, key=label.get)
+  answers = [main] * (10 - (len(label) - 1)) + [a for a in label if a != main]
+  return {"question_id": record["question_id"], "image_id": record["img_id"],
+          "question_type": record["question_type"], "answer_type": record["answer_type"],
+          "multiple_choice_answer": main,
+          "answers": [{"answer": a, "answer_confidence": "yes", "answer_id": i + 1}
+                      for i, a in enumerate(answers)]}
 
 
 def _write_gqa(out_dir: str, rng: np.random.Generator, gqa_q: dict, vg: list[Scene],
@@ -282,15 +306,18 @@ def build_demo_data(data_dir: str, num_images: int = 200, seed: int = 0, feature
   """
   from lxmert_jax.data import prepare  # pylint: disable=g-import-not-at-top
   params = {"num_images": num_images, "seed": seed, "feature_dim": feature_dim,
-            "num_boxes": num_boxes, "tasks": list(tasks)}
+            "num_boxes": num_boxes}
   marker = os.path.join(data_dir, DEMO_MARKER)
+  done: list[str] = []
   if os.path.exists(marker):
     with open(marker, encoding="utf-8") as f:
       built = json.load(f)
-    if built == params:
+    done = list(built.pop("tasks", []))
+    if built != params:
+      raise ValueError(f"{data_dir} holds demo data built with {built}, not {params}; "
+                       "use another directory or delete this one")
+    if set(tasks) <= set(done):
       return data_dir
-    raise ValueError(f"{data_dir} holds demo data built with {built}, not {params}; "
-                     "use another directory or delete this one")
   corpus = os.path.join(data_dir, "corpus")
   config_path = os.path.join(corpus, "corpus_config.json")
   wanted = dataclasses.asdict(CorpusConfig(num_images=num_images, feature_dim=feature_dim,
@@ -304,9 +331,12 @@ def build_demo_data(data_dir: str, num_images: int = 200, seed: int = 0, feature
     shutil.rmtree(corpus, ignore_errors=True)
     build_synthetic_corpus(corpus, num_images=num_images, seed=seed, feature_dim=feature_dim,
                            num_boxes=num_boxes)
+  missing = [t for t in tasks if t not in done]
   prepare.prepare_all(data_dir, prepare.Inputs(root=corpus), prepare.Options(progress=progress),
-                      tasks=tasks)
-  _write_json(marker, params)
+                      tasks=missing)
+  # Tasks prepared later (e.g. fine-tuning after pre-training) join the same
+  # corpus, so a pre-trained demo model fine-tunes on the same world.
+  _write_json(marker, {**params, "tasks": done + missing})
   return data_dir
 
 
