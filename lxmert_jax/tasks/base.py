@@ -114,7 +114,8 @@ class Task(abc.ABC):
 
   def format_metrics(self, metrics: Mapping[str, float], prefix: str) -> str:
     """One console line for the `{prefix}/...` metrics."""
-    keys = sorted(k for k in metrics if k.startswith(prefix + "/"))
+    keys = sorted(k for k in metrics if k.startswith(prefix + "/")
+                  and k != f"{prefix}/examples_per_sec")  # The log line has its own rate.
     return " | ".join(f"{k[len(prefix) + 1:]} {metrics[k]:.4g}" for k in keys) or "(none)"
 
   def final_summary(self, first: Mapping[str, float], last: Mapping[str, float],

@@ -145,9 +145,10 @@ class QuestionAnsweringTask(finetuning.FinetuningTask):
             f"{total / len(targets):.3f}")
 
   def format_metrics(self, metrics, prefix: str) -> str:
-    keys = sorted(k for k in metrics if k.startswith(prefix + "/")
-                  and not k.startswith((f"{prefix}/vqa_accuracy/", f"{prefix}/examples_per")))
-    return " | ".join(f"{k[len(prefix) + 1:]} {metrics[k]:.4g}" for k in keys) or "(none)"
+    """The base line without the per-answer-type breakdown (it is in metrics.jsonl)."""
+    return super().format_metrics(
+        {k: v for k, v in metrics.items() if not k.startswith(f"{prefix}/vqa_accuracy/")},
+        prefix)
 
 
 def build(config: ml_collections.ConfigDict, workdir: str,
