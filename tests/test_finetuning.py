@@ -141,3 +141,34 @@ def test_nan_scores_stop_evaluation_without_a_submission(runs, tmp_path, monkeyp
   with pytest.raises(NonFiniteScoresError, match="NaN or Inf"):
     checkpoint_eval.evaluate_checkpoint(config, workdir, "minival", str(tmp_path))
   assert not list(tmp_path.iterdir())
+
+
+def test_fine_tuning_starts_from_a_pre_training_run_directory(tmp_path, demo_data):
+  from configs import pretrain  # pylint: disable=import-outside-toplevel
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  from lxmert_jax.data.prepare.annotations import convert_ans  # pylint: disable=import-outside-toplevel
+  from lxmert_jax.tasks import question_answering  # pylint: disable=import-outside-toplevel
+  from lxmert_jax.training import init_weights  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  pre = pretrain.get_config("tiny")
+  pre.data.dir = demo_data
+  pre.num_train_steps = 2
+  pre_dir = str(tmp_path / "pretrain")
+  trainer.train_and_evaluate(pre, pre_dir)
+  table = json.loads(open(os.path.join(pre_dir, "answers.json")).read())
+
+  config = tiny_config("vqa")
+  config.init.mode, config.init.path = "lxmert", pre_dir
+  task = question_answering.build(config, str(tmp_path / "vqa"), None)
+  params, report = init_weights.initial_params(config.init, task.model, task.model_config,
+                                               jax.random.key(0), answers=task.answers)
+  known = set(table)
+  expected = sum(convert_ans(a) in known for a in task.answers)
+  assert f"answer head: {expected} of {len(task.answers)} answers transferred" in report.summary()
+  # The encoder is the best checkpoint's (the only evaluated one), read back by orbax alone.
+  step = max(int(s) for s in os.listdir(os.path.join(pre_dir, "checkpoints")) if s.isdigit())
+  state = ocp.StandardCheckpointer().restore(os.path.join(pre_dir, "checkpoints", str(step),
+                                                          "state"))
+  np.testing.assert_array_equal(
+      params["lxmert"]["embeddings"]["word_embeddings"]["embedding"],
+      state["params"]["lxmert"]["embeddings"]["word_embeddings"]["embedding"])
