@@ -311,3 +311,22 @@ def test_wrong_params_for_architecture_are_refused(tmp_path):
     lxmert_jax.save_pretrained_hf(model.config, params, tmp_path / "x",
                                   architecture="LxmertForPreTraining")
   assert not (tmp_path / "x").exists()
+
+
+def test_answer_vocabulary_travels_with_the_checkpoint(tmp_path, capsys):
+  """--answers stores answers.json (all_ans.json format accepted); jax-to-hf copies it."""
+  _, hf_dir = save_hf(tmp_path)
+  answers = [f"answer {i}" for i in range(TINY["num_qa_labels"])]
+  table = tmp_path / "all_ans.json"
+  table.write_text(json.dumps([{"ans": a, "dsets": ["vqa"]} for a in answers]))
+  out = tmp_path / "ours"
+  convert.main(["hf-to-jax", str(hf_dir), str(out), "--answers", str(table)])
+  assert checkpoints.load_answers(out) == answers
+  convert.main(["jax-to-hf", str(out), str(tmp_path / "back")])
+  assert json.loads((tmp_path / "back" / "answers.json").read_text()) == answers
+  # An answer list that does not fit the head is refused before anything is written.
+  table.write_text(json.dumps(answers[:-1]))
+  message = _cli_error(capsys, ["hf-to-jax", str(hf_dir), str(tmp_path / "bad"),
+                                "--answers", str(table)])
+  assert f"{len(answers) - 1} answers for an answer head of {len(answers)} rows" in message
+  _nothing_written(tmp_path, tmp_path / "bad")
