@@ -1,8 +1,10 @@
-"""Command line entry point for training: pre-training now, fine-tuning tasks next.
+"""Command line entry point for training: pre-training and fine-tuning (VQA, GQA, NLVR2).
 
     python -m lxmert_jax.main --config=configs/pretrain.py:demo --workdir=runs/demo
     python -m lxmert_jax.main --config=configs/pretrain.py --workdir=runs/base \
         --config.data.dir=/data/lxmert --config.optimizer.lr=5e-5
+    python -m lxmert_jax.main --config=configs/vqa.py --workdir=runs/vqa \
+        --config.data.dir=/data/lxmert --config.init.path=runs/base
 
 The logic lives in `lxmert_jax.training.trainer` (the loop) and
 `lxmert_jax.tasks` (what `config.task` trains), so it can be imported and
@@ -27,7 +29,10 @@ import jax
 from ml_collections import config_flags
 
 from lxmert_jax import paths
+from lxmert_jax.convert.errors import ConversionError
+from lxmert_jax.evaluation import EvaluationError
 from lxmert_jax.tasks.base import DataNotFoundError
+from lxmert_jax.tasks.finetuning import NonFiniteScoresError
 from lxmert_jax.training import trainer
 
 FLAGS = flags.FLAGS
@@ -70,7 +75,8 @@ def main(argv):
                jax.device_count(), jax.devices()[0].platform)
   try:
     trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except (trainer.NonFiniteLossError, DataNotFoundError) as e:
+  except (trainer.NonFiniteLossError, DataNotFoundError, ConversionError, EvaluationError,
+          NonFiniteScoresError, FileNotFoundError) as e:
     logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)

@@ -42,6 +42,7 @@ import numpy as np
 from lxmert_jax import paths
 
 from lxmert_jax.convert import checkpoints
+from lxmert_jax.convert.errors import ConversionError
 from lxmert_jax.convert.hf import hf_key
 from lxmert_jax.inference import saved_models
 from lxmert_jax.model import task_models
@@ -226,7 +227,7 @@ def _transfer_answers(init: ml_collections.ConfigDict, saved: saved_models.Saved
   table = _checkpoint_answers(init, saved)
   if table is None:
     if source[keys[0]].shape != target[keys[0]].shape:
-      raise ValueError(
+      raise ConversionError(
           f"{init.path}: its answer head has {source[keys[0]].shape[-1]} rows but no answer "
           f"table ({checkpoints.ANSWERS_FILE}) says which answer each row is, so it cannot be "
           f"transferred to the task's {len(answers)} answers; pass "
