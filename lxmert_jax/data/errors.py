@@ -1,10 +1,11 @@
 """Errors raised on bad input data, and the ledger of what `--skip-bad` skipped.
 
-Every problem found while reading the reference TSV/JSON files becomes a
-`DataError` that names where it is (file, TSV line number or JSON key) and what
-was expected, so a 50 GB preparation run that stops tells the user exactly
-which row to look at. With `--skip-bad` the same errors are recorded in a
-`SkipLog` instead; nothing is dropped without being counted and reported.
+Every problem found while reading the reference TSV/JSON files (or users'
+per-image `.npz` features) becomes a `DataError` that names where it is (file,
+TSV line number, JSON key or `.npz` key) and what was expected, so a 50 GB
+preparation run that stops tells the user exactly which row to look at. With
+`--skip-bad` the same errors are recorded in a `SkipLog` instead; nothing is
+dropped without being counted and reported.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ MISSING_IMAGE = "missing_image"
 UNKNOWN_ANSWER = "unknown_answer"
 BAD_JSON = "bad_json"
 BAD_RECORD = "bad_record"
+MISSING_KEY = "missing_key"
+UNREADABLE_FILE = "unreadable_file"
 
 
 class DataError(ValueError):

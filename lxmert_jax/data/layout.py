@@ -28,6 +28,14 @@ Prepared data (`python -m lxmert_jax.data.prepare ... --out DATA_DIR`):
     DATA_DIR/lxmert_gqa/1.0.0/    splits train, valid, testdev, submit; label2ans.
     DATA_DIR/lxmert_nlvr2/1.0.0/  splits train, valid, test.
 
+Users' own features and questions (`python -m lxmert_jax.data.prepare npz`):
+
+    DATA_DIR/lxmert_features/<set>/1.0.0/  from a folder of per-image `.npz`
+        files (bottom-up-attention.pytorch's extractor; default set "npz").
+    DATA_DIR/lxmert_vqa/1.0.0/  the splits named on the command line (e.g.
+        train, val), every one on that feature set; label2ans from
+        `--answers` or built from the labelled splits.
+
 Each is a TFDS ArrayRecord dataset readable with `tfds.builder_from_directory`
 / `tfds.data_source`; large splits are stored in parts (`<split>_partNNNNN`:
 about 1 GB of TSV per feature-set part, 256 MB of records per task part) that
@@ -37,6 +45,7 @@ about 1 GB of TSV per feature-set part, 256 MB of records per task part) that
 from __future__ import annotations
 
 import os
+import re
 
 from lxmert_jax.data import tfds_builders
 
@@ -78,6 +87,22 @@ TASK_DATASETS = {
 # 1600 objects / 400 attributes), used when no vocab file is given.
 DEFAULT_NUM_OBJECT_LABELS = 1600
 DEFAULT_NUM_ATTR_LABELS = 400
+
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_]*")
+
+
+def check_name(name: str, what: str) -> str:
+  """A feature-set or split name chosen by the user: letters, digits, `_`.
+
+  Raises:
+    ValueError: naming `what` and the name, for anything else (a name becomes
+      a directory or a TFDS split, and `+` joins splits).
+  """
+  if not isinstance(name, str) or not _NAME.fullmatch(name) or "_part" in name:
+    raise ValueError(f"{what} name {name!r}: expected letters, digits and '_' (starting with "
+                     "a letter or digit, without '_part')")
+  return name
 
 
 def feature_file(root: str | None, set_name: str,

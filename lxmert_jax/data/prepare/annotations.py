@@ -10,7 +10,8 @@ Files (formats as released with the reference):
   whose order defines the answer ids;
 * VQA / GQA: a list of `{question_id, img_id, sent, label: {answer: score}}`
   (no `label` in test files), plus optional `trainval_ans2label.json` /
-  `trainval_label2ans.json` answer vocabularies;
+  `trainval_label2ans.json` answer vocabularies (users' own questions use the
+  same format, with either vocabulary file as `--answers`);
 * NLVR2: a list of `{identifier, img0, img1, sent, label, uid}`.
 
 Every structural problem raises `DataError` with the file and the JSON path of
@@ -310,6 +311,31 @@ def load_answer_vocab(ans2label_path: str, label2ans_path: str | None = None) ->
     other = load_json(label2ans_path)
     _expect(other == label2ans, "label2ans disagrees with ans2label", label2ans_path, "$")
   return label2ans
+
+
+def load_label2ans(path: str) -> list[str]:
+  """An answer vocabulary given as a file: a JSON list (label2ans) or object (ans2label).
+
+  Returns:
+    `label2ans`: the answer of each label id.
+
+  Raises:
+    DataError: naming the file and the entry: not a list of distinct strings,
+      or an ans2label object whose labels are not 0..n-1.
+  """
+  data = load_json(path)
+  if isinstance(data, dict):
+    return load_answer_vocab(path)
+  _expect(isinstance(data, list) and bool(data),
+          f"top level is {type(data).__name__}; expected a non-empty list of answers "
+          "(label2ans) or an object {answer: label} (ans2label)", path, "$")
+  seen: dict[str, int] = {}
+  for i, ans in enumerate(data):
+    _expect(isinstance(ans, str), f"entry is {ans!r}; expected an answer string", path, f"[{i}]")
+    _expect(ans not in seen, f"answer {ans!r} repeats entry [{seen.get(ans)}]; expected each "
+            "answer once", path, f"[{i}]")
+    seen[ans] = i
+  return list(data)
 
 
 def build_answer_vocab(labels: Iterable[dict[str, float] | None], min_count: int = 1) -> list[str]:

@@ -4,31 +4,29 @@ Each record points at its image(s) in a prepared feature set by
 `(feat_set, feat_index)` instead of copying features, and carries its
 sentence's word-piece ids, tokenised once here (tokenisation is deterministic;
 masking stays random per epoch in the pipeline). The feature sets a task needs
-are prepared first (and reused when already there).
+are prepared first (and reused when already there). What the tasks share
+(locating images, parts, metadata, the question writer) is in `task_records`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Callable, Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
-import tqdm
 
 from lxmert_jax.data.prepare import annotations
 from lxmert_jax.data import errors
 from lxmert_jax.data import layout
 from lxmert_jax.data.prepare import feature_sets
+from lxmert_jax.data.prepare import task_records
 from lxmert_jax.data import tfds_builders
 from lxmert_jax.data import tokenization
 
 PrepareReport = feature_sets.PrepareReport
-
-# Estimated serialized bytes per stored part of a task split (TFDS holds a
-# split in memory while writing it).
-DEFAULT_RECORD_PART_BYTES = 256 << 20
-_TOKENIZE_CHUNK = 2048
+Options = task_records.Options
+DEFAULT_RECORD_PART_BYTES = task_records.DEFAULT_RECORD_PART_BYTES
 
 
 @dataclasses.dataclass
@@ -50,38 +48,6 @@ class Inputs:
   feature_files: dict[str, str] = dataclasses.field(default_factory=dict)
   objects_vocab: str | None = None
   attributes_vocab: str | None = None
-
-
-@dataclasses.dataclass
-class Options:
-  """How to prepare.
-
-  Attributes:
-    tokenizer: tokenizer whose ids are stored (default BERT uncased).
-    skip_bad: count and skip bad items instead of stopping.
-    overwrite: rebuild datasets that already exist.
-    progress: show progress bars.
-    features_part_bytes: TSV bytes per stored part of a feature set.
-    compress_features: zstd-compress feature records (smaller, slower to read).
-    record_part_bytes: estimated bytes per stored part of a task split.
-  """
-
-  tokenizer: tokenization.Tokenizer | None = None
-  skip_bad: bool = False
-  overwrite: bool = False
-  progress: bool = True
-  features_part_bytes: int = feature_sets.DEFAULT_PART_BYTES
-  compress_features: bool = False
-  record_part_bytes: int = DEFAULT_RECORD_PART_BYTES
-
-
-@dataclasses.dataclass
-class _Resolved:
-  """A parsed datum with its image(s) located in the feature sets."""
-
-  datum: Any
-  feat: tuple[tuple[int, int], ...]  # ((feat_set, feat_index), ...)
-  target: Any = None  # the datum's answers in the task's id space
 
 
 def _count_lines(path: str) -> int:
@@ -127,38 +93,6 @@ def _prepare_feature_sets(data_dir: str, set_names: Sequence[str], inputs: Input
   return metas
 
 
-def _locate(img_id: str, set_id: int, set_name: str, meta: dict, path: str,
-            key: str) -> tuple[int, int]:
-  index = meta["img_index"].get(img_id)
-  if index is None:
-    raise errors.DataError(
-        errors.MISSING_IMAGE,
-        f"image {img_id!r} is not in feature set {set_name!r} ({meta.get('source_file')}); "
-        "expected every annotated image to have a TSV row", path=path, key=key)
-  return set_id, index
-
-
-def _inputs_fingerprint(paths: dict[str, str]) -> dict[str, dict]:
-  return {split: {"path": os.path.abspath(p), "size": os.path.getsize(p)}
-          for split, p in paths.items()}
-
-
-def _already_prepared(data_dir: str, task: str, split_files: dict[str, str],
-                      opts: Options, report: PrepareReport) -> bool:
-  """True (and `report.reused`) when the same inputs were prepared before."""
-  name = layout.TASK_DATASETS[task]
-  if opts.overwrite or not tfds_builders.is_prepared(data_dir, name):
-    return False
-  meta = tfds_builders.read_metadata(layout.task_path(data_dir, task))
-  want = _inputs_fingerprint(split_files)
-  if meta.get("inputs") != want:
-    raise errors.DataError(
-        errors.BAD_FIELD, f"{layout.task_path(data_dir, task)} was prepared from "
-        f"{meta.get('inputs')}; pass overwrite to rebuild it from {want}", key=task)
-  report.reused = True
-  return True
-
-
 def _split_files(ann_dir: str, splits: Sequence[str] | None, known: Sequence[str],
                  log: errors.SkipLog) -> dict[str, str]:
   """Annotation file of each requested split (default: the known ones present)."""
@@ -177,72 +111,6 @@ def _split_files(ann_dir: str, splits: Sequence[str] | None, known: Sequence[str
     else:
       log.record(errors.DataError(errors.BAD_JSON, "file not found", path=path, key=split))
   return files
-
-
-def _load_split(path: str, log: errors.SkipLog) -> Any | None:
-  return log.guard(lambda: annotations.load_json(path))
-
-
-def _tokenized(tokenizer: tokenization.Tokenizer, items: Sequence[_Resolved],
-               progress: bool, desc: str) -> Iterator[tuple[_Resolved, np.ndarray]]:
-  """Yields each item with the int32 word-piece ids of its sentence."""
-  with tqdm.tqdm(total=len(items), desc=desc, unit=" sent", disable=not progress,
-                 mininterval=1.0) as pbar:
-    for start in range(0, len(items), _TOKENIZE_CHUNK):
-      chunk = items[start:start + _TOKENIZE_CHUNK]
-      for item, ids in zip(chunk, tokenizer.tokenize_ids([r.datum.sent for r in chunk])):
-        yield item, np.asarray(ids, dtype=np.int32)
-      pbar.update(len(chunk))
-
-
-def _part_bounds(sizes: Sequence[int], max_bytes: int) -> list[int]:
-  """Cut points `[0, ..., n]` so each part's estimated bytes stay under max."""
-  bounds = [0]
-  total = 0
-  for i, size in enumerate(sizes):
-    if total + size > max_bytes and i > bounds[-1]:
-      bounds.append(i)
-      total = 0
-    total += size
-  bounds.append(len(sizes))
-  return bounds
-
-
-def _split_plan(split: str, items: list[_Resolved],
-                make_record: Callable[[_Resolved, np.ndarray], dict],
-                tokenizer: tokenization.Tokenizer, opts: Options, task: str
-                ) -> list[tuple[str, Callable[[], Iterator[dict]]]]:
-  """Parts of one split; all parts share one tokenising stream in order."""
-  sizes = [160 + 6 * len(r.datum.sent) for r in items]
-  bounds = _part_bounds(sizes, opts.record_part_bytes)
-  stream = (make_record(item, ids) for item, ids in
-            _tokenized(tokenizer, items, opts.progress, f"{task} {split}"))
-  names = tfds_builders.part_names(split, len(bounds) - 1)
-
-  def take(n: int) -> Iterator[dict]:
-    for _ in range(n):
-      yield next(stream)
-
-  return [(name, lambda n=hi - lo: take(n)) for name, lo, hi in zip(names, bounds, bounds[1:])]
-
-
-def _common_metadata(task: str, tokenizer: tokenization.Tokenizer, feature_sets: list[str],
-                     feature_metas: dict[str, dict], split_sets: dict[str, str],
-                     split_files: dict[str, str], parts: dict[str, list], counts: dict[str, int],
-                     log: errors.SkipLog) -> dict:
-  return {
-      "task": task,
-      "tokenizer": tokenizer.spec(),
-      "special_ids": {"pad": tokenizer.pad_id, "unk": tokenizer.unk_id, "cls": tokenizer.cls_id,
-                      "sep": tokenizer.sep_id, "mask": tokenizer.mask_id},
-      "feature_sets": feature_sets,
-      "split_features": split_sets,
-      "visual_feat_dim": next(iter(feature_metas.values()))["feature_dim"],
-      "inputs": _inputs_fingerprint(split_files),
-      "split_parts": {s: [name for name, _ in p] for s, p in parts.items()},
-      "num_examples": counts,
-      "skipped": log.as_dict(),
-  }
 
 
 def prepare_pretrain(data_dir: str, inputs: Inputs, opts: Options | None = None, *,
@@ -275,7 +143,7 @@ def prepare_pretrain(data_dir: str, inputs: Inputs, opts: Options | None = None,
   if unknown:
     raise ValueError(f"no feature set known for pre-training split(s) {unknown}; known: "
                      f"{sorted(layout.SPLIT_FEATURES['pretrain'])}")
-  if _already_prepared(data_dir, "pretrain", split_files, opts, report):
+  if task_records.already_prepared(data_dir, "pretrain", split_files, opts, report):
     return reports + [report]
   feature_metas = _prepare_feature_sets(data_dir, list(split_sets.values()), inputs, opts, reports)
   num_obj, num_attr = _label_space(inputs, feature_metas)
@@ -288,7 +156,7 @@ def prepare_pretrain(data_dir: str, inputs: Inputs, opts: Options | None = None,
   index_arrays: dict[str, dict[str, np.ndarray]] = {}
   pruned_total = 0
   for split, path in split_files.items():
-    data = _load_split(path, log)
+    data = task_records.load_split(path, log)
     if data is None:
       continue
     set_name = split_sets[split]
@@ -298,13 +166,14 @@ def prepare_pretrain(data_dir: str, inputs: Inputs, opts: Options | None = None,
     report.read[split] = len(data)
     items = []
     for datum in data:
-      feat = log.guard(lambda d=datum: _locate(d.img_id, set_id, set_name, meta, path, d.key))
+      feat = log.guard(lambda d=datum: task_records.locate(d.img_id, set_id, set_name, meta,
+                                                           path, d.key))
       if feat is None:
         continue
       # None: a caption (no label); {}: a question whose answers were all pruned.
       target = table.prune_label(datum.label) if datum.label is not None else None
       pruned_total += int(target == {} and bool(datum.label))
-      items.append(_Resolved(datum, (feat,), target))
+      items.append(task_records.Resolved(datum, (feat,), target))
       if datum.source not in sources:
         sources.append(datum.source)
     del data
@@ -315,7 +184,7 @@ def prepare_pretrain(data_dir: str, inputs: Inputs, opts: Options | None = None,
         "has_label": np.array([r.target is not None for r in items], np.uint8),
     }
 
-    def make_record(item: _Resolved, ids: np.ndarray) -> dict:
+    def make_record(item: task_records.Resolved, ids: np.ndarray) -> dict:
       d = item.datum
       label = item.target or {}
       return {"uid": d.uid, "img_id": d.img_id, "source": d.source, "sent": d.sent,
@@ -326,13 +195,13 @@ def prepare_pretrain(data_dir: str, inputs: Inputs, opts: Options | None = None,
 
     if not items:
       raise ValueError(f"{path}: no pre-training data left after skipping bad items")
-    parts[split] = _split_plan(split, items, make_record, tokenizer, opts, "pretrain")
+    parts[split] = task_records.split_plan(split, items, make_record, tokenizer, opts, "pretrain")
     counts[split] = report.written[split] = len(items)
 
   if not parts:
     raise ValueError(f"{ann_dir}: nothing to prepare for pre-training")
-  metadata = _common_metadata("pretrain", tokenizer, feature_sets, feature_metas, split_sets,
-                              split_files, parts, counts, log)
+  metadata = task_records.common_metadata("pretrain", tokenizer, feature_sets, feature_metas,
+                                          split_sets, split_files, parts, counts, log)
   metadata.update({"answers": table.answers, "qa_sets": list(qa_sets) if qa_sets else None,
                    "sources": sources, "num_object_labels": num_obj,
                    "num_attr_labels": num_attr, "labels_pruned_empty": pruned_total})
@@ -369,81 +238,20 @@ def _prepare_questions(task: str, data_dir: str, inputs: Inputs, opts: Options,
                        splits: Sequence[str] | None, vocab_splits: Sequence[str],
                        strict_answers: bool) -> list[PrepareReport]:
   opts = opts or Options()
-  tokenizer = opts.tokenizer or tokenization.make_tokenizer("bert")
   log = errors.SkipLog(skip_bad=opts.skip_bad)
   ann_dir = layout.annotation_dir(inputs.root, task, inputs.ann_dir)
-  name = layout.TASK_DATASETS[task]
-  report = PrepareReport(name=name, path=layout.task_path(data_dir, task))
+  report = PrepareReport(name=layout.TASK_DATASETS[task], path=layout.task_path(data_dir, task))
   reports: list[PrepareReport] = []
   known = list(layout.SPLIT_FEATURES[task])
   split_files = _split_files(ann_dir, splits, known, log)
   split_sets = {s: layout.SPLIT_FEATURES[task][s] for s in split_files}
-  if _already_prepared(data_dir, task, split_files, opts, report):
+  if task_records.already_prepared(data_dir, task, split_files, opts, report):
     return reports + [report]
   feature_metas = _prepare_feature_sets(data_dir, list(split_sets.values()), inputs, opts, reports)
-  feature_sets = list(feature_metas)
-
-  parsed: dict[str, list[_Resolved]] = {}
-  for split, path in split_files.items():
-    data = _load_split(path, log)
-    if data is None:
-      continue
-    set_name = split_sets[split]
-    set_id = feature_sets.index(set_name)
-    questions = annotations.parse_questions(path, data, log)
-    report.read[split] = len(questions)
-    items = []
-    for q in questions:
-      feat = log.guard(lambda q=q: _locate(q.img_id, set_id, set_name, feature_metas[set_name],
-                                           path, q.key))
-      if feat is not None:
-        items.append(_Resolved(q, (feat,)))
-    parsed[split] = items
-  label2ans, vocab_source = _answer_vocab(task, ann_dir, parsed, vocab_splits)
-  ans2label = {a: i for i, a in enumerate(label2ans)}
-
-  dropped = 0
-  parts: dict[str, list] = {}
-  counts: dict[str, int] = {}
-  for split, items in parsed.items():
-    for r in items:
-      ids, scores = [], []
-      for ans, score in (r.datum.label or {}).items():
-        if ans in ans2label:
-          ids.append(ans2label[ans])
-          scores.append(float(score))
-          continue
-        dropped += 1
-        if strict_answers:
-          log.record(errors.DataError(
-              errors.UNKNOWN_ANSWER, f"answer {ans!r} is not in the {len(label2ans)}-answer "
-              f"vocabulary ({vocab_source}); expected only vocabulary answers",
-              path=split_files[split], key=r.datum.key))
-      r.target = (ids, scores)
-
-    def make_record(item: _Resolved, ids: np.ndarray) -> dict:
-      q = item.datum
-      ans, scores = item.target
-      return {"question_id": q.question_id, "img_id": q.img_id, "sent": q.sent,
-              "feat_set": item.feat[0][0], "feat_index": item.feat[0][1], "token_ids": ids,
-              "ans_ids": np.array(ans, np.int32), "ans_scores": np.array(scores, np.float32)}
-
-    if not items:
-      raise ValueError(f"{split_files[split]}: no questions left after skipping bad items")
-    parts[split] = _split_plan(split, items, make_record, tokenizer, opts, task)
-    counts[split] = report.written[split] = len(items)
-
-  if not parts:
-    raise ValueError(f"{ann_dir}: nothing to prepare for {task}")
-  metadata = _common_metadata(task, tokenizer, feature_sets, feature_metas, split_sets,
-                              split_files, parts, counts, log)
-  metadata.update({"label2ans": label2ans, "answer_vocab_source": vocab_source,
-                   "answers_outside_vocab": dropped})
-  plan = tfds_builders.GenerationPlan(parts=parts, metadata=metadata)
-  tfds_builders.write_dataset(data_dir, name, plan, overwrite=opts.overwrite)
-  report.skipped = log
-  report.notes.append(f"answer vocabulary: {len(label2ans)} ({vocab_source}); answers outside "
-                      f"it {'skipped as errors' if strict_answers else 'ignored'}: {dropped}")
+  task_records.write_questions(
+      task, data_dir, split_files, split_sets, feature_metas,
+      lambda parsed: _answer_vocab(task, ann_dir, parsed, vocab_splits),
+      strict_answers=strict_answers, opts=opts, log=log, report=report)
   return reports + [report]
 
 
@@ -480,14 +288,14 @@ def prepare_nlvr2(data_dir: str, inputs: Inputs, opts: Options | None = None, *,
   reports: list[PrepareReport] = []
   split_files = _split_files(ann_dir, splits, list(layout.SPLIT_FEATURES["nlvr2"]), log)
   split_sets = {s: layout.SPLIT_FEATURES["nlvr2"][s] for s in split_files}
-  if _already_prepared(data_dir, "nlvr2", split_files, opts, report):
+  if task_records.already_prepared(data_dir, "nlvr2", split_files, opts, report):
     return reports + [report]
   feature_metas = _prepare_feature_sets(data_dir, list(split_sets.values()), inputs, opts, reports)
   feature_sets = list(feature_metas)
   parts: dict[str, list] = {}
   counts: dict[str, int] = {}
   for split, path in split_files.items():
-    data = _load_split(path, log)
+    data = task_records.load_split(path, log)
     if data is None:
       continue
     set_name = split_sets[split]
@@ -498,12 +306,12 @@ def prepare_nlvr2(data_dir: str, inputs: Inputs, opts: Options | None = None, *,
     items = []
     for d in statements:
       feats = log.guard(lambda d=d: tuple(
-          _locate(img, set_id, set_name, meta, path, f"{d.key}.{field}")
+          task_records.locate(img, set_id, set_name, meta, path, f"{d.key}.{field}")
           for field, img in (("img0", d.img0), ("img1", d.img1))))
       if feats is not None:
-        items.append(_Resolved(d, feats))
+        items.append(task_records.Resolved(d, feats))
 
-    def make_record(item: _Resolved, ids: np.ndarray) -> dict:
+    def make_record(item: task_records.Resolved, ids: np.ndarray) -> dict:
       d = item.datum
       (s0, i0), (s1, i1) = item.feat
       return {"identifier": d.identifier, "uid": d.uid, "sent": d.sent, "token_ids": ids,
@@ -512,12 +320,12 @@ def prepare_nlvr2(data_dir: str, inputs: Inputs, opts: Options | None = None, *,
 
     if not items:
       raise ValueError(f"{path}: no statements left after skipping bad items")
-    parts[split] = _split_plan(split, items, make_record, tokenizer, opts, "nlvr2")
+    parts[split] = task_records.split_plan(split, items, make_record, tokenizer, opts, "nlvr2")
     counts[split] = report.written[split] = len(items)
   if not parts:
     raise ValueError(f"{ann_dir}: nothing to prepare for nlvr2")
-  metadata = _common_metadata("nlvr2", tokenizer, feature_sets, feature_metas, split_sets,
-                              split_files, parts, counts, log)
+  metadata = task_records.common_metadata("nlvr2", tokenizer, feature_sets, feature_metas,
+                                          split_sets, split_files, parts, counts, log)
   plan = tfds_builders.GenerationPlan(parts=parts, metadata=metadata)
   tfds_builders.write_dataset(data_dir, tfds_builders.NLVR2_NAME, plan, overwrite=opts.overwrite)
   report.skipped = log
