@@ -19,8 +19,13 @@ from configs import common
 
 
 def get_config(task: str, arg: str | None, *, lr: float, train_split: str,
-               eval_split: str, best_metric: str) -> ml_collections.ConfigDict:
-  """The fine-tuning config of `task` ("vqa", "gqa" or "nlvr2") for a variant."""
+               eval_split: str, best_metric: str, demo_images: int = 2000,
+               demo_epochs: int = 4) -> ml_collections.ConfigDict:
+  """The fine-tuning config of `task` ("vqa", "gqa" or "nlvr2") for a variant.
+
+  `demo_images` and `demo_epochs` size the `demo` variant (the built-in corpus
+  makes fewer GQA questions and NLVR2 pairs per image than VQA questions).
+  """
   arg = common.parse_arg(arg, variant="base")
   if arg.variant not in ("base", "demo", "tiny"):
     raise ValueError(f"configs/{task}.py: unknown variant {arg.variant!r}; expected 'base', "
@@ -97,7 +102,7 @@ def get_config(task: str, arg: str | None, *, lr: float, train_split: str,
   config.progress_bar = True
 
   if arg.variant == "demo":
-    _demo(config)
+    _demo(config, demo_images, demo_epochs)
   elif arg.variant == "tiny":
     _tiny(config)
   return config
@@ -112,10 +117,10 @@ def _synthetic(config: ml_collections.ConfigDict, images: int) -> None:
   config.init.mode = "scratch"
 
 
-def _demo(config: ml_collections.ConfigDict) -> None:
-  _synthetic(config, images=2000)
+def _demo(config: ml_collections.ConfigDict, images: int, epochs: int) -> None:
+  _synthetic(config, images=images)
   config.model = common.model_variant("mini")
-  config.num_epochs = 4
+  config.num_epochs = epochs
   config.optimizer.lr = 1e-3
   config.eval_batch_size = 128
   config.ckpt.every_steps = 1000

@@ -17,4 +17,5 @@ from configs import finetune
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   return finetune.get_config("gqa", arg, lr=1e-5, train_split="train+valid",
-                             eval_split="testdev", best_metric="eval/accuracy")
+                             eval_split="testdev", best_metric="eval/accuracy",
+                             demo_images=4000, demo_epochs=5)

@@ -16,4 +16,4 @@ from configs import finetune
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   return finetune.get_config("nlvr2", arg, lr=5e-5, train_split="train", eval_split="valid",
-                             best_metric="eval/accuracy")
+                             best_metric="eval/accuracy", demo_images=8000)
