@@ -96,3 +96,23 @@ def test_unknown_config_task_is_an_error(tmp_path):
   config.task = "captioning"
   with pytest.raises(ValueError, match="config.task 'captioning'"):
     tasks.build(config, str(tmp_path), sharding_lib.make_mesh(config.mesh))
+
+
+def test_fine_tuning_configs_follow_the_original_recipe():
+  """run/{vqa,gqa,nlvr2}_finetune.bash: batch 32, 4 epochs, lr 5e-5/1e-5/5e-5, 10% warm-up."""
+  from configs import gqa, nlvr2, vqa  # pylint: disable=import-outside-toplevel
+  expected = {vqa: ("vqa", 5e-5, "train+nominival", "minival"),
+              gqa: ("gqa", 1e-5, "train+valid", "testdev"),
+              nlvr2: ("nlvr2", 5e-5, "train", "valid")}
+  for module, (task, lr, train, dev) in expected.items():
+    config = module.get_config()
+    assert (config.task, config.optimizer.lr, config.data.train_split,
+            config.data.eval_split) == (task, lr, train, dev)
+    assert (config.batch_size, config.num_epochs, config.seed) == (32, 4, 9595)
+    assert (config.optimizer.name, config.optimizer.warmup, config.optimizer.clip_norm) == (
+        "bert_adam", 0.1, 5.0)
+    assert config.model.hidden_dropout_prob == 0.1
+    assert config.eval_every_epochs == 1 and config.ckpt.best_mode == "max"
+    assert config.init.encoder_only == (task == "nlvr2")
+    for variant in ("demo", "tiny"):
+      assert module.get_config(variant).data.build_demo
