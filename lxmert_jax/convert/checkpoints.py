@@ -92,6 +92,14 @@ def atomic_directory(directory: str | os.PathLike) -> Iterator[str]:
     raise
 
 
+def _read_json(path: str) -> Any:
+  with open(path, encoding="utf-8") as f:
+    try:
+      return json.load(f)
+    except json.JSONDecodeError as e:
+      raise ConversionError(f"{path}: not valid JSON ({e})") from e
+
+
 def read_json_object(path: str) -> dict[str, Any]:
   """The JSON object in the file at `path`.
 
@@ -99,11 +107,7 @@ def read_json_object(path: str) -> dict[str, Any]:
     ConversionError: the file is not valid JSON, or holds something else than
       an object; the message names the file.
   """
-  with open(path, encoding="utf-8") as f:
-    try:
-      data = json.load(f)
-    except json.JSONDecodeError as e:
-      raise ConversionError(f"{path}: not valid JSON ({e})") from e
+  data = _read_json(path)
   if not isinstance(data, dict):
     raise ConversionError(f"{path}: expected a JSON object, found {type(data).__name__}")
   return data
@@ -247,11 +251,7 @@ def read_answer_list(path: str) -> list[str]:
     ConversionError: the file is not valid JSON or an item is neither a string
       nor an object with a string `ans` (the message names the index).
   """
-  with open(path, encoding="utf-8") as f:
-    try:
-      data = json.load(f)
-    except json.JSONDecodeError as e:
-      raise ConversionError(f"{path}: not valid JSON ({e})") from e
+  data = _read_json(path)
   if not isinstance(data, list):
     raise ConversionError(f"{path}: expected a JSON list of answers, found "
                           f"{type(data).__name__}")
