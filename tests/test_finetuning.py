@@ -172,3 +172,43 @@ def test_fine_tuning_starts_from_a_pre_training_run_directory(tmp_path, demo_dat
   np.testing.assert_array_equal(
       params["lxmert"]["embeddings"]["word_embeddings"]["embedding"],
       state["params"]["lxmert"]["embeddings"]["word_embeddings"]["embedding"])
+
+
+def test_a_run_directory_answers_as_its_evaluation_scored(runs, tmp_path):
+  """Raw pixel boxes of the corpus's TSV give the scores of the run's own eval batches.
+
+  The run (configs/vqa.py:tiny) keeps 10 of each image's 36 boxes, so this
+  also checks that the predictor takes `num_objects` from the run's config.
+  """
+  # pylint: disable=import-outside-toplevel
+  from lxmert_jax import predict as predict_cli
+  from lxmert_jax.data import make_downstream_loader
+  from lxmert_jax.data.prepare import tsv_features
+  from lxmert_jax.inference import Predictor
+  from test_predict import _assert_same, _predict, _write_npz
+  _, workdir, _ = runs("vqa")
+  p = Predictor.load(workdir)
+  assert (p.step, p.max_boxes, p.max_seq_length) == (16, 10, 20)
+  data_dir = os.path.join(workdir, "demo_data")
+  batch = next(iter(make_downstream_loader("vqa", data_dir, "minival", batch_size=16, seed=0,
+                                           train=False, num_objects=10)))
+  keys = ("input_ids", "attention_mask", "token_type_ids", "visual_feats", "visual_pos",
+          "visual_attention_mask")
+  scores = p.model.apply({"params": p.params}, **{k: batch[k] for k in keys},
+                         deterministic=True).question_answering_score
+  tsv = os.path.join(data_dir, "corpus", "mscoco_imgfeat", "val2014_obj36.tsv")
+  images = {img.img_id: img for img in (tsv_features.decode_row(row, tsv)
+                                        for row in tsv_features.iter_rows(tsv))}
+  records = store.Records(data_dir, "vqa", ["minival"])
+  real = int(batch["_mask"].sum())
+  questions = [records[i]["sent"].decode() for i in range(real)]
+  pixels = [images[records[i]["img_id"].decode()] for i in range(real)]
+  assert all(img.num_boxes == 36 for img in pixels)
+  probs = 1 / (1 + np.exp(-np.asarray(scores[:real], np.float64)))
+  want = [[(p.answers[k], float(row[k])) for k in np.argsort(-row, kind="stable")[:5]]
+          for row in probs]
+  _assert_same(_predict(p, questions, pixels), want, atol=1e-6)
+  # Through the command line as well, from an extractor file of the first image.
+  path = _write_npz(str(tmp_path), pixels[0])
+  assert predict_cli.main(["--model", workdir, "--features", path, "--question",
+                           questions[0], "--json"]) == 0

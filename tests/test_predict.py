@@ -5,9 +5,8 @@ data pipeline builds them (the tokenizer's framing; boxes and features stored
 by the feature writer's own `stored_record`), so a predictor that fed the
 model differently from fine-tuning would disagree. The command-line tests
 write `.npz` files as bottom-up-attention.pytorch's `save_roi_features` does.
-The slow test fine-tunes a tiny VQA run and checks the predictor, given the
-corpus's raw pixel boxes, against the scores of the run's own evaluation
-batches.
+A fine-tuning run directory is checked in `test_finetuning.py`, which trains
+one.
 """
 
 import json
@@ -22,10 +21,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from configs import vqa as vqa_config
 from lxmert_jax.convert import checkpoints
 from lxmert_jax.convert.errors import ConversionError
-from lxmert_jax.data import make_downstream_loader, store, tokenization
+from lxmert_jax.data import tokenization
 from lxmert_jax.data.prepare import feature_sets
 from lxmert_jax.data.prepare import tsv_features
 from lxmert_jax.inference import PredictionError, Predictor
@@ -33,7 +31,6 @@ from lxmert_jax.inference import predictor as predictor_lib
 from lxmert_jax.model import task_models
 from lxmert_jax.model.config import LxmertConfig
 from lxmert_jax import predict as predict_cli
-from lxmert_jax.training import trainer
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
 
@@ -321,47 +318,6 @@ def test_cli_as_a_module(qa, tmp_path):
   assert bad.stderr.strip().splitlines() == [
       "python -m lxmert_jax.predict: error: 3 --question but 2 --features; expected one "
       "--features per --question, or a single one for all"]
-
-
-# --- A fine-tuning run directory ------------------------------------------------------
-
-
-@pytest.mark.slow
-def test_a_run_directory_answers_as_its_evaluation_scored(tmp_path):
-  """Raw pixel boxes of the corpus's TSV give the scores of the run's own eval batches.
-
-  The run (configs/vqa.py:tiny) keeps 10 of each image's 36 boxes, so this
-  also checks that the predictor takes `num_objects` from the run's config.
-  """
-  config = vqa_config.get_config("tiny")
-  config.num_epochs = 1
-  workdir = str(tmp_path / "run")
-  trainer.train_and_evaluate(config, workdir)
-  p = Predictor.load(workdir)
-  assert (p.step, p.max_boxes, p.max_seq_length) == (16, 10, 20)
-  data_dir = os.path.join(workdir, "demo_data")
-  batch = next(iter(make_downstream_loader("vqa", data_dir, "minival", batch_size=16, seed=0,
-                                           train=False, num_objects=10)))
-  keys = ("input_ids", "attention_mask", "token_type_ids", "visual_feats", "visual_pos",
-          "visual_attention_mask")
-  scores = p.model.apply({"params": p.params}, **{k: batch[k] for k in keys},
-                         deterministic=True).question_answering_score
-  tsv = os.path.join(data_dir, "corpus", "mscoco_imgfeat", "val2014_obj36.tsv")
-  images = {img.img_id: img for img in (tsv_features.decode_row(row, tsv)
-                                        for row in tsv_features.iter_rows(tsv))}
-  records = store.Records(data_dir, "vqa", ["minival"])
-  real = int(batch["_mask"].sum())
-  questions = [records[i]["sent"].decode() for i in range(real)]
-  pixels = [images[records[i]["img_id"].decode()] for i in range(real)]
-  assert all(img.num_boxes == 36 for img in pixels)
-  probs = 1 / (1 + np.exp(-np.asarray(scores[:real], np.float64)))
-  want = [[(p.answers[k], float(row[k])) for k in np.argsort(-row, kind="stable")[:5]]
-          for row in probs]
-  _assert_same(_predict(p, questions, pixels), want, atol=1e-6)
-  # Through the command line as well, from an extractor file of the first image.
-  path = _write_npz(str(tmp_path), pixels[0])
-  assert predict_cli.main(["--model", workdir, "--features", path, "--question",
-                           questions[0], "--json"]) == 0
 
 
 def test_a_run_whose_data_is_gone_tokenises_with_bert(tmp_path):

@@ -10,6 +10,8 @@ from configs import pretrain
 from lxmert_jax.tasks import pretraining as pretraining_task
 from lxmert_jax.training import trainer
 
+pytestmark = pytest.mark.usefixtures("fast_compile")
+
 
 @pytest.fixture(scope="module", autouse=True)
 def _compilation_cache(tmp_path_factory):

@@ -30,7 +30,6 @@ DATA_DIR layout (see `layout` for the reference input layout):
 from lxmert_jax.data.prepare.annotations import AnswerTable, convert_ans
 from lxmert_jax.data.pipeline.downstream import make_downstream_loader, num_answers
 from lxmert_jax.data.errors import DataError, SkipLog
-from lxmert_jax.evaluation.metrics import exact_match, gqa_accuracy, nlvr2_metrics, vqa_score
 from lxmert_jax.data.prepare import Inputs, Options, prepare_all, prepare_task
 from lxmert_jax.data.pipeline.pretrain import make_pretrain_loader
 from lxmert_jax.data.store import dataset_info
@@ -41,7 +40,7 @@ from lxmert_jax.data.tokenization import (SentencePieceTokenizer, Tokenizer, Wor
 __all__ = [
     "AnswerTable", "DataError", "Inputs", "Options", "SentencePieceTokenizer", "SkipLog",
     "Tokenizer", "WordPieceTokenizer", "build_demo_data", "build_synthetic_corpus",
-    "convert_ans", "dataset_info", "exact_match", "gqa_accuracy", "make_downstream_loader",
-    "make_pretrain_loader", "make_tokenizer", "nlvr2_metrics", "num_answers", "prepare_task",
-    "prepare_all", "train_sentencepiece", "vqa_score",
+    "convert_ans", "dataset_info", "make_downstream_loader",
+    "make_pretrain_loader", "make_tokenizer", "num_answers", "prepare_task",
+    "prepare_all", "train_sentencepiece",
 ]

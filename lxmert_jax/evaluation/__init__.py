@@ -1,11 +1,11 @@
 """Benchmark metrics for the fine-tuning tasks.
 
-`metrics` holds the fast in-loop scores computed from answer-id targets (what
-the trainer logs each epoch). The `vqa`, `gqa` and `nlvr2` modules compute the
-figures papers report, from answer strings, exactly as each benchmark's
-official evaluator does, so a number from here can be put next to a
-leaderboard entry; `lxmert_soft_score` is the original LXMERT code's own score,
-for comparing with its logs.
+The `vqa`, `gqa` and `nlvr2` modules compute the figures papers report, from
+answer strings, exactly as each benchmark's official evaluator does, so a
+number from here can be put next to a leaderboard entry; `lxmert_soft_score`
+is the original LXMERT code's own score, for comparing with its logs.
+`checkpoint_eval` scores a fine-tuned checkpoint on a split
+(`python -m lxmert_jax.evaluate`).
 
 `submission` writes the files the benchmark servers take (VQA results, GQA
 predictions, the NLVR2 CSV), and only once they hold exactly one prediction
