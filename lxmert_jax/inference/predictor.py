@@ -3,7 +3,8 @@
 A user has a checkpoint directory and, for each image, the Faster R-CNN
 features and pixel boxes the bottom-up-attention extractor wrote. The answers
 are only right if the model sees its inputs exactly as fine-tuning fed them,
-so `Predictor` repeats the data pipeline's steps:
+so `InputEncoder` (which `Predictor` builds on) repeats the data pipeline's
+steps:
 
 * the question is framed as `[CLS] pieces[:T-2] [SEP]` + padding with the
   tokenizer the training data was tokenised with (BERT uncased unless a run
@@ -45,6 +46,7 @@ from lxmert_jax.data import store
 from lxmert_jax.data import tokenization
 from lxmert_jax.data.prepare.tsv_features import BOX_TOLERANCE
 from lxmert_jax.inference import saved_models
+from lxmert_jax.model.config import LxmertConfig
 
 DEFAULT_MAX_SEQ_LENGTH = 20
 DEFAULT_BATCH_SIZE = 64
@@ -66,142 +68,71 @@ def _batch_rows(n: int, batch_size: int) -> int:
   return min(batch_size, 1 << max(n - 1, 0).bit_length())
 
 
-class Predictor:
-  """Top-k answers of a question-answering LXMERT (or a pre-training one's QA head)."""
+class InputEncoder:
+  """A model's inputs from questions and images' features and boxes, as fine-tuning built them.
 
-  def __init__(self, model: nn.Module, params: Any, answers: Sequence[str], *,
+  The steps are those of the module docstring; `Predictor` answers with them,
+  and anything else that runs a trained model on new questions and images
+  (attention maps) builds its inputs with them too.
+  """
+
+  def __init__(self, config: LxmertConfig, *,
                tokenizer: Optional[tokenization.Tokenizer] = None,
-               max_seq_length: int = DEFAULT_MAX_SEQ_LENGTH,
-               batch_size: int = DEFAULT_BATCH_SIZE, max_boxes: Optional[int] = None,
+               max_seq_length: int = DEFAULT_MAX_SEQ_LENGTH, max_boxes: Optional[int] = None,
                source: str = "the model"):
-    """Wraps a loaded model.
+    """Frames inputs for a model of architecture `config`.
 
     Args:
-      model: `LxmertForQuestionAnswering`, or `LxmertForPreTraining` with its
-        QA head (`task_qa`).
-      params: its parameters.
-      answers: the answer of each answer-head row.
+      config: the model's config (vocabulary, positions, feature width).
       tokenizer: the questions' tokenizer (default BERT uncased).
       max_seq_length: T, tokens per question with [CLS] and [SEP].
-      batch_size: questions per forward pass.
       max_boxes: keep at most this many boxes of each image (the first ones),
         as the feature store's `num_objects`; None keeps all.
       source: where the model came from, for messages.
 
     Raises:
-      ConversionError: the model has no answer head, or `answers` does not
-        have one string per row.
-      ValueError: a non-positive size.
+      ValueError: a non-positive size, or more tokens than position embeddings.
     """
-    if checkpoints.answer_head_size(model) is None:
-      raise ConversionError(f"{source}: {type(model).__name__} has no answer head (expected "
-                            "LxmertForQuestionAnswering, or LxmertForPreTraining with "
-                            "task_qa)")
-    if answers is None:
-      raise ConversionError(f"{source}: no answer vocabulary; expected the answer of each of "
-                            f"the {checkpoints.answer_head_size(model)} answer-head rows")
-    checkpoints.check_answers(model, answers, f"{source}: answer vocabulary")
     for name, value, least in (("max_seq_length", max_seq_length, 3),
-                               ("batch_size", batch_size, 1), ("max_boxes", max_boxes, 1)):
+                               ("max_boxes", max_boxes, 1)):
       if name == "max_boxes" and value is None:
         continue
       if not isinstance(value, int) or value < least:
         raise ValueError(f"{name}={value!r}: expected an integer of at least {least}")
-    if max_seq_length > model.config.max_position_embeddings:
+    if max_seq_length > config.max_position_embeddings:
       raise ValueError(f"max_seq_length={max_seq_length}: the model has only "
-                       f"{model.config.max_position_embeddings} position embeddings")
-    self.model = model
-    self.params = jax.device_put(nn.meta.unbox(params))
-    self.answers = list(answers)
+                       f"{config.max_position_embeddings} position embeddings")
+    self.config = config
     self.tokenizer = tokenizer or tokenization.make_tokenizer("bert")
     self.max_seq_length = max_seq_length
-    self.batch_size = batch_size
     self.max_boxes = max_boxes
     self.source = source
-    self.step: Optional[int] = None  # The run directory's checkpoint step, when loaded from one.
-    self._top_k = jax.jit(self._scores, static_argnums=2)
 
   @classmethod
-  def load(cls, path: paths.PathLike, step: saved_models.Step = "best",
-           max_seq_length: Optional[int] = None,
-           tokenizer: Optional[tokenization.Tokenizer] = None, *,
-           answers: Optional[AnswerSource] = None, batch_size: int = DEFAULT_BATCH_SIZE,
-           max_boxes: Optional[int] = None) -> "Predictor":
-    """A predictor for a run directory, an lxmert_jax checkpoint or a transformers directory.
+  def for_saved_model(cls, saved: saved_models.SavedModel,
+                      max_seq_length: Optional[int] = None,
+                      tokenizer: Optional[tokenization.Tokenizer] = None,
+                      max_boxes: Optional[int] = None) -> "InputEncoder":
+    """The inputs of a loaded model, by default framed as its run's data was.
 
-    Args:
-      path: the directory (see `saved_models.load_saved_model`).
-      step: for a run directory, which checkpoint ("best", "latest" or a step).
-      max_seq_length: T; default the run's `data.max_seq_length`, else 20.
-      tokenizer: default the one the run's data was tokenised with (when the
-        run's data directory is still there), else BERT uncased.
-      answers: the answer vocabulary, when the directory has no
-        `answers.json` or to replace it: a list of strings, or the path of a
-        JSON list of strings or of the original `all_ans.json`.
-      batch_size: questions per forward pass.
-      max_boxes: boxes kept per image; default the run's `data.num_objects`,
-        else all.
-
-    Raises:
-      FileNotFoundError: `path` is not a model directory.
-      ConversionError: the model has no answer head, no answer vocabulary, or
-        one whose length differs from the head's rows (naming the directory).
+    Arguments left None take the run directory's `data.max_seq_length`,
+    `data.num_objects` and data tokenizer, as `Predictor.load` does.
     """
-    source = os.fspath(path)
-    saved = saved_models.load_saved_model(path, step)
-    if checkpoints.answer_head_size(saved.model) is None:
-      raise ConversionError(f"{source}: holds an {type(saved.model).__name__}, which has no "
-                            "answer head to predict answers with (expected "
-                            "LxmertForQuestionAnswering, or LxmertForPreTraining with "
-                            "task_qa)")
-    where = f"{source}/{checkpoints.ANSWERS_FILE}"
-    vocabulary = saved.answers
-    if answers is not None:
-      if isinstance(answers, (str, os.PathLike)):
-        where = os.fspath(answers)
-        vocabulary = checkpoints.read_answer_list(where)
-      else:
-        where, vocabulary = "answers", list(answers)
-    if vocabulary is None:
-      raise ConversionError(
-          f"{source}: no {checkpoints.ANSWERS_FILE}, so the answer head's "
-          f"{checkpoints.answer_head_size(saved.model)} rows have no names; pass answers= (a "
-          "list, a JSON list file or the original all_ans.json)")
-    checkpoints.check_answers(saved.model, vocabulary, where)
-    run_config = None
-    if saved.step is not None and (paths.resolve(source)
-                                   / saved_models.RUN_CONFIG_FILE).exists():
-      run_config = saved_models.load_run_config(source)
-    data = (run_config.get("data") if run_config is not None else None) or {}
-    if max_seq_length is None:
-      max_seq_length = int(data.get("max_seq_length") or DEFAULT_MAX_SEQ_LENGTH)
-    if max_boxes is None and data.get("num_objects"):
-      max_boxes = int(data["num_objects"])
-    if tokenizer is None:
-      tokenizer = _run_tokenizer(source, run_config)
-    predictor = cls(saved.model, saved.params, vocabulary, tokenizer=tokenizer,
-                    max_seq_length=max_seq_length, batch_size=batch_size, max_boxes=max_boxes,
-                    source=source)
-    predictor.step = saved.step
-    return predictor
+    max_seq_length, max_boxes, tokenizer = _input_settings(saved, max_seq_length, max_boxes,
+                                                           tokenizer)
+    return cls(saved.model.config, tokenizer=tokenizer, max_seq_length=max_seq_length,
+               max_boxes=max_boxes, source=saved.source)
 
   @property
   def visual_feat_dim(self) -> int:
-    return self.model.config.visual_feat_dim
-
-  def _scores(self, params: Any, batch: dict[str, jax.Array], top_k: int
-              ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    out = self.model.apply({"params": params}, **batch, deterministic=True)
-    logits = out.question_answering_score.astype(jnp.float32)
-    values, indices = jax.lax.top_k(logits, top_k)
-    return jax.nn.sigmoid(values), indices, jnp.isfinite(logits).all(axis=-1)
+    return self.config.visual_feat_dim
 
   def encode_questions(self, questions: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """int32 [N, T] token ids and attention mask, framed as the data pipeline frames them."""
     if isinstance(questions, str) or not all(isinstance(q, str) for q in questions):
       raise PredictionError("questions: expected a list of strings")
     ids, mask = self.tokenizer.encode_batch(list(questions), self.max_seq_length)
-    vocab = self.model.config.vocab_size
+    vocab = self.config.vocab_size
     if ids.size and ids.max() >= vocab:
       row = int(np.argwhere(ids >= vocab)[0][0])
       raise PredictionError(
@@ -296,6 +227,135 @@ class Predictor:
                             f"image{hint}")
     return feats, pos
 
+  def model_inputs(self, questions: Sequence[str],
+                   features: Union[ArrayLike, Sequence[ArrayLike]],
+                   boxes: Union[ArrayLike, Sequence[ArrayLike]], *,
+                   image_sizes: Optional[Sequence[tuple[int, int]]] = None,
+                   boxes_normalized: bool = False) -> dict[str, np.ndarray]:
+    """The model's keyword inputs for N questions about their N images.
+
+    Args and errors as in `Predictor.predict`: `input_ids`, `attention_mask`,
+    `token_type_ids` [N, T] and `visual_feats` [N, O, F], `visual_pos`
+    [N, O, 4], `visual_attention_mask` [N, O].
+    """
+    ids, text_mask = self.encode_questions(questions)
+    feats, pos, vis_mask = self.visual_inputs(features, boxes, image_sizes=image_sizes,
+                                              boxes_normalized=boxes_normalized)
+    if feats.shape[0] != len(questions):
+      raise PredictionError(f"{len(questions)} questions but {feats.shape[0]} images; expected "
+                            "one image per question")
+    return dict(input_ids=ids, attention_mask=text_mask, token_type_ids=np.zeros_like(ids),
+                visual_feats=feats, visual_pos=pos, visual_attention_mask=vis_mask)
+
+
+class Predictor(InputEncoder):
+  """Top-k answers of a question-answering LXMERT (or a pre-training one's QA head)."""
+
+  def __init__(self, model: nn.Module, params: Any, answers: Sequence[str], *,
+               tokenizer: Optional[tokenization.Tokenizer] = None,
+               max_seq_length: int = DEFAULT_MAX_SEQ_LENGTH,
+               batch_size: int = DEFAULT_BATCH_SIZE, max_boxes: Optional[int] = None,
+               source: str = "the model"):
+    """Wraps a loaded model.
+
+    Args:
+      model: `LxmertForQuestionAnswering`, or `LxmertForPreTraining` with its
+        QA head (`task_qa`).
+      params: its parameters.
+      answers: the answer of each answer-head row.
+      tokenizer: the questions' tokenizer (default BERT uncased).
+      max_seq_length: T, tokens per question with [CLS] and [SEP].
+      batch_size: questions per forward pass.
+      max_boxes: keep at most this many boxes of each image (the first ones),
+        as the feature store's `num_objects`; None keeps all.
+      source: where the model came from, for messages.
+
+    Raises:
+      ConversionError: the model has no answer head, or `answers` does not
+        have one string per row.
+      ValueError: a non-positive size.
+    """
+    if checkpoints.answer_head_size(model) is None:
+      raise ConversionError(f"{source}: {type(model).__name__} has no answer head (expected "
+                            "LxmertForQuestionAnswering, or LxmertForPreTraining with "
+                            "task_qa)")
+    if answers is None:
+      raise ConversionError(f"{source}: no answer vocabulary; expected the answer of each of "
+                            f"the {checkpoints.answer_head_size(model)} answer-head rows")
+    checkpoints.check_answers(model, answers, f"{source}: answer vocabulary")
+    if not isinstance(batch_size, int) or batch_size < 1:
+      raise ValueError(f"batch_size={batch_size!r}: expected an integer of at least 1")
+    super().__init__(model.config, tokenizer=tokenizer, max_seq_length=max_seq_length,
+                     max_boxes=max_boxes, source=source)
+    self.model = model
+    self.params = jax.device_put(nn.meta.unbox(params))
+    self.answers = list(answers)
+    self.batch_size = batch_size
+    self.step: Optional[int] = None  # The run directory's checkpoint step, when loaded from one.
+    self._top_k = jax.jit(self._scores, static_argnums=2)
+
+  @classmethod
+  def load(cls, path: paths.PathLike, step: saved_models.Step = "best",
+           max_seq_length: Optional[int] = None,
+           tokenizer: Optional[tokenization.Tokenizer] = None, *,
+           answers: Optional[AnswerSource] = None, batch_size: int = DEFAULT_BATCH_SIZE,
+           max_boxes: Optional[int] = None) -> "Predictor":
+    """A predictor for a run directory, an lxmert_jax checkpoint or a transformers directory.
+
+    Args:
+      path: the directory (see `saved_models.load_saved_model`).
+      step: for a run directory, which checkpoint ("best", "latest" or a step).
+      max_seq_length: T; default the run's `data.max_seq_length`, else 20.
+      tokenizer: default the one the run's data was tokenised with (when the
+        run's data directory is still there), else BERT uncased.
+      answers: the answer vocabulary, when the directory has no
+        `answers.json` or to replace it: a list of strings, or the path of a
+        JSON list of strings or of the original `all_ans.json`.
+      batch_size: questions per forward pass.
+      max_boxes: boxes kept per image; default the run's `data.num_objects`,
+        else all.
+
+    Raises:
+      FileNotFoundError: `path` is not a model directory.
+      ConversionError: the model has no answer head, no answer vocabulary, or
+        one whose length differs from the head's rows (naming the directory).
+    """
+    source = os.fspath(path)
+    saved = saved_models.load_saved_model(path, step)
+    if checkpoints.answer_head_size(saved.model) is None:
+      raise ConversionError(f"{source}: holds an {type(saved.model).__name__}, which has no "
+                            "answer head to predict answers with (expected "
+                            "LxmertForQuestionAnswering, or LxmertForPreTraining with "
+                            "task_qa)")
+    where = f"{source}/{checkpoints.ANSWERS_FILE}"
+    vocabulary = saved.answers
+    if answers is not None:
+      if isinstance(answers, (str, os.PathLike)):
+        where = os.fspath(answers)
+        vocabulary = checkpoints.read_answer_list(where)
+      else:
+        where, vocabulary = "answers", list(answers)
+    if vocabulary is None:
+      raise ConversionError(
+          f"{source}: no {checkpoints.ANSWERS_FILE}, so the answer head's "
+          f"{checkpoints.answer_head_size(saved.model)} rows have no names; pass answers= (a "
+          "list, a JSON list file or the original all_ans.json)")
+    checkpoints.check_answers(saved.model, vocabulary, where)
+    max_seq_length, max_boxes, tokenizer = _input_settings(saved, max_seq_length, max_boxes,
+                                                           tokenizer)
+    predictor = cls(saved.model, saved.params, vocabulary, tokenizer=tokenizer,
+                    max_seq_length=max_seq_length, batch_size=batch_size, max_boxes=max_boxes,
+                    source=source)
+    predictor.step = saved.step
+    return predictor
+
+  def _scores(self, params: Any, batch: dict[str, jax.Array], top_k: int
+              ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    out = self.model.apply({"params": params}, **batch, deterministic=True)
+    logits = out.question_answering_score.astype(jnp.float32)
+    values, indices = jax.lax.top_k(logits, top_k)
+    return jax.nn.sigmoid(values), indices, jnp.isfinite(logits).all(axis=-1)
+
   def predict(self, questions: Sequence[str],
               features: Union[ArrayLike, Sequence[ArrayLike]],
               boxes: Union[ArrayLike, Sequence[ArrayLike]], *,
@@ -325,19 +385,13 @@ class Predictor:
         [..., 4]), features or boxes are not finite, boxes lie outside the
         image, or the model's scores for a question are NaN or infinite.
     """
-    ids, text_mask = self.encode_questions(questions)
-    feats, pos, vis_mask = self.visual_inputs(features, boxes, image_sizes=image_sizes,
-                                              boxes_normalized=boxes_normalized)
+    inputs = self.model_inputs(questions, features, boxes, image_sizes=image_sizes,
+                               boxes_normalized=boxes_normalized)
     n = len(questions)
-    if feats.shape[0] != n:
-      raise PredictionError(f"{n} questions but {feats.shape[0]} images; expected one image "
-                            "per question")
     if not isinstance(top_k, int) or not 1 <= top_k <= len(self.answers):
       raise PredictionError(f"top_k={top_k!r}: expected 1 to {len(self.answers)} (the "
                             "number of answers)")
     rows = _batch_rows(n, self.batch_size)
-    inputs = dict(input_ids=ids, attention_mask=text_mask, token_type_ids=np.zeros_like(ids),
-                  visual_feats=feats, visual_pos=pos, visual_attention_mask=vis_mask)
     results: Answers = []
     for start in range(0, n, rows):
       real = min(rows, n - start)
@@ -372,6 +426,24 @@ def _pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
   return np.concatenate([x, np.repeat(x[-1:], rows - x.shape[0], axis=0)])
 
 
+def _input_settings(saved: saved_models.SavedModel, max_seq_length: Optional[int],
+                    max_boxes: Optional[int], tokenizer: Optional[tokenization.Tokenizer]
+                    ) -> tuple[int, Optional[int], tokenization.Tokenizer]:
+  """T, the boxes kept and the tokenizer: those given, else the run's data settings."""
+  run_config = None
+  if saved.step is not None and (paths.resolve(saved.source)
+                                 / saved_models.RUN_CONFIG_FILE).exists():
+    run_config = saved_models.load_run_config(saved.source)
+  data = (run_config.get("data") if run_config is not None else None) or {}
+  if max_seq_length is None:
+    max_seq_length = int(data.get("max_seq_length") or DEFAULT_MAX_SEQ_LENGTH)
+  if max_boxes is None and data.get("num_objects"):
+    max_boxes = int(data["num_objects"])
+  if tokenizer is None:
+    tokenizer = _run_tokenizer(saved.source, run_config)
+  return max_seq_length, max_boxes, tokenizer
+
+
 def _run_tokenizer(source: str, run_config: Any) -> tokenization.Tokenizer:
   """The tokenizer a run's data was tokenised with; BERT uncased when unknown."""
   default = tokenization.make_tokenizer("bert")
@@ -388,7 +460,7 @@ def _run_tokenizer(source: str, run_config: Any) -> tokenization.Tokenizer:
     spec = store.task_metadata(data_dir, _DATA_TASKS.get(task, task)).get("tokenizer")
   except (FileNotFoundError, KeyError, OSError, ValueError) as e:
     warnings.warn(f"{source}: cannot read the tokenizer of its data {data_dir} ({e}); "
-                  "tokenising questions with BERT uncased", stacklevel=3)
+                  "tokenising questions with BERT uncased", stacklevel=4)
     return default
   if not spec or spec.get("fingerprint") == default.fingerprint:
     return default

@@ -47,11 +47,12 @@ class LxmertXLayer(nn.Module):
   @nn.compact
   def __call__(self, lang: Array, lang_bias: Optional[Array], visn: Array,
                visn_bias: Optional[Array],
-               deterministic: bool) -> tuple[Array, Array, Array]:
+               deterministic: bool) -> tuple[Array, Array, Array, Array]:
+    """Returns both streams' outputs and the text-to-vision then vision-to-text probabilities."""
     cfg = self.config
     cross = layers.AttentionBlock(cfg, "att", name="visual_attention")
-    lang1, cross_probs = cross(lang, visn, visn_bias, deterministic)
-    visn1, _ = cross(visn, lang, lang_bias, deterministic)
+    lang1, lang_probs = cross(lang, visn, visn_bias, deterministic)
+    visn1, visn_probs = cross(visn, lang, lang_bias, deterministic)
     lang2, _ = layers.AttentionBlock(cfg, "self", name="lang_self_att")(
         lang1, lang1, lang_bias, deterministic)
     visn2, _ = layers.AttentionBlock(cfg, "self", name="visn_self_att")(
@@ -62,7 +63,7 @@ class LxmertXLayer(nn.Module):
       return layers.ResidualOutput(cfg, in_axis="mlp", name=f"{prefix}_output")(
           inter, x, deterministic)
 
-    return ffn(lang2, "lang"), ffn(visn2, "visn"), cross_probs
+    return ffn(lang2, "lang"), ffn(visn2, "visn"), lang_probs, visn_probs
 
 
 class LxmertEncoder(nn.Module):
@@ -78,7 +79,7 @@ class LxmertEncoder(nn.Module):
     visn = layers.VisualFeatureEncoder(cfg, name="visn_fc")(
         visual_feats, visual_pos, deterministic)
     lang_states, visn_states = [], []
-    lang_att, visn_att, cross_att = [], [], []
+    lang_att, visn_att, cross_att, cross_visn_att = [], [], [], []
     for i in range(cfg.l_layers):
       lang, probs = LxmertLayer(cfg, name=f"layer_{i}")(lang, lang_bias, deterministic)
       lang_states.append(lang)
@@ -88,16 +89,18 @@ class LxmertEncoder(nn.Module):
       visn_states.append(visn)
       visn_att.append(probs)
     for i in range(cfg.x_layers):
-      lang, visn, probs = LxmertXLayer(cfg, name=f"x_layers_{i}")(
+      lang, visn, probs, visn_probs = LxmertXLayer(cfg, name=f"x_layers_{i}")(
           lang, lang_bias, visn, visn_bias, deterministic)
       lang_states.append(lang)
       visn_states.append(visn)
       cross_att.append(probs)
+      cross_visn_att.append(visn_probs)
     return dict(language_hidden_states=tuple(lang_states),
                 vision_hidden_states=tuple(visn_states),
                 language_attentions=tuple(lang_att),
                 vision_attentions=tuple(visn_att),
-                cross_encoder_attentions=tuple(cross_att))
+                cross_encoder_attentions=tuple(cross_att),
+                cross_encoder_vision_attentions=tuple(cross_visn_att))
 
 
 class LxmertModel(nn.Module):
@@ -152,7 +155,7 @@ class LxmertModel(nn.Module):
               for k in ("language_hidden_states", "vision_hidden_states")}
     attn = {k: states[k] if output_attentions else None
             for k in ("language_attentions", "vision_attentions",
-                      "cross_encoder_attentions")}
+                      "cross_encoder_attentions", "cross_encoder_vision_attentions")}
     return LxmertModelOutput(language_output=lang, vision_output=visn,
                              pooled_output=pooled, **hidden, **attn)
 

@@ -26,6 +26,9 @@ class LxmertModelOutput:
     vision_attentions: on request, [B, N, O, O] per R-layer.
     cross_encoder_attentions: on request, [B, N, T, O] text-to-vision
       probabilities per X-layer.
+    cross_encoder_vision_attentions: on request, [B, N, O, T] vision-to-text
+      probabilities per X-layer (same weights as the other direction, which
+      is the only one transformers returns).
   """
 
   language_output: Array
@@ -36,6 +39,7 @@ class LxmertModelOutput:
   language_attentions: Arrays = None
   vision_attentions: Arrays = None
   cross_encoder_attentions: Arrays = None
+  cross_encoder_vision_attentions: Arrays = None
 
 
 @flax.struct.dataclass
