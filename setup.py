@@ -69,6 +69,9 @@ setup(
         "torch": ["torch>=2.1", "transformers>=4.40", "safetensors>=0.4"],
         "test": [
             "pytest>=8.0",
+            # Two test processes: the suite is mostly single-threaded XLA
+            # compiles, so 2 cores run it in about 2/3 of the serial time.
+            "pytest-xdist>=3.5",
             # Only the tests import chex; optax>=0.2.5 needs chex>=0.1.87.
             "chex>=0.1.87",
             "nbclient>=0.10",
