@@ -30,6 +30,8 @@ import sys
 from typing import Optional, Sequence, Union
 
 from lxmert_jax.data.prepare import npz_features
+from lxmert_jax.inference import command_line
+from lxmert_jax.inference.command_line import UsageError
 from lxmert_jax.inference import attention_maps
 from lxmert_jax.inference import saved_models
 from lxmert_jax.inference.predictor import InputEncoder
@@ -37,25 +39,8 @@ from lxmert_jax.inference.predictor import InputEncoder
 PROG = "python -m lxmert_jax.attention_maps"
 
 
-class _UsageError(Exception):
-  """A command line argparse refuses; reported as one line like any bad input."""
-
-
-class _Parser(argparse.ArgumentParser):
-
-  def error(self, message: str):  # pylint: disable=useless-return
-    raise _UsageError(message)
-
-
 def _parser() -> argparse.ArgumentParser:
-  parts = __doc__.split("\n\n")
-  parser = _Parser(prog=PROG, description=parts[0], epilog="\n\n".join(parts[1:]),
-                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--model", required=True,
-                      help="a run directory, an lxmert_jax checkpoint or a transformers "
-                           "directory")
-  parser.add_argument("--step", default="best",
-                      help="a run directory's checkpoint: best (default), latest or a step")
+  parser = command_line.parser_from_docstring(PROG, __doc__)
   parser.add_argument("--features", required=True, metavar="IMAGE.npz",
                       help="the image's features as extract_features.py writes them")
   parser.add_argument("--question", required=True, help="the question (or NLVR2 statement)")
@@ -81,7 +66,7 @@ def _head(value: str) -> attention_maps.Head:
   try:
     return int(value)
   except ValueError:
-    raise _UsageError(f"--head {value!r}: expected a head index or 'mean'") from None
+    raise UsageError(f"--head {value!r}: expected a head index or 'mean'") from None
 
 
 def _word(value: str) -> Union[int, str]:
@@ -92,12 +77,12 @@ def write_attention_maps(args: argparse.Namespace) -> list[str]:
   """Loads the model and the image, draws every figure, writes them; their paths."""
   head = _head(args.head)
   if args.dpi < 10:
-    raise _UsageError(f"--dpi {args.dpi}: expected at least 10")
+    raise UsageError(f"--dpi {args.dpi}: expected at least 10")
   img, _ = npz_features.read_npz(args.features)
   saved = saved_models.load_saved_model(args.model, args.step)
   dim = saved.model.config.visual_feat_dim
   if img.features.shape[1] != dim:
-    raise _UsageError(f"{args.features} [x]: features are {img.features.shape[1]} wide; the "
+    raise UsageError(f"{args.features} [x]: features are {img.features.shape[1]} wide; the "
                       f"model {args.model} expects visual_feat_dim={dim}")
   encoder = InputEncoder.for_saved_model(saved)
   size = (img.img_h, img.img_w)
@@ -115,7 +100,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   try:
     args = _parser().parse_args(argv)
     written = write_attention_maps(args)
-  except (_UsageError, ValueError, OSError) as e:
+  except (UsageError, ValueError, OSError) as e:
     print(f"{PROG}: error: {' '.join(str(e).split())}", file=sys.stderr)
     return 1
   for path in written:

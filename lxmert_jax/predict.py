@@ -26,30 +26,15 @@ import sys
 from typing import Any, Optional, Sequence
 
 from lxmert_jax.data.prepare import npz_features
+from lxmert_jax.inference import command_line
+from lxmert_jax.inference.command_line import UsageError
 from lxmert_jax.inference.predictor import Predictor
 
 PROG = "python -m lxmert_jax.predict"
 
 
-class _UsageError(Exception):
-  """A command line argparse refuses; reported as one line like any bad input."""
-
-
-class _Parser(argparse.ArgumentParser):
-
-  def error(self, message: str):  # pylint: disable=useless-return
-    raise _UsageError(message)
-
-
 def _parser() -> argparse.ArgumentParser:
-  parts = __doc__.split("\n\n")
-  parser = _Parser(prog=PROG, description=parts[0], epilog="\n\n".join(parts[1:]),
-                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--model", required=True,
-                      help="a run directory, an lxmert_jax checkpoint or a transformers "
-                           "directory")
-  parser.add_argument("--step", default="best",
-                      help="a run directory's checkpoint: best (default), latest or a step")
+  parser = command_line.parser_from_docstring(PROG, __doc__)
   parser.add_argument("--features", action="append", required=True, metavar="IMAGE.npz",
                       help="an image's features as extract_features.py writes them; "
                            "repeat for one per question")
@@ -94,22 +79,22 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
 def _predict(args: argparse.Namespace) -> dict[str, Any]:
   questions, files = list(args.question), list(args.features)
   if len(files) not in (1, len(questions)):
-    raise _UsageError(f"{len(questions)} --question but {len(files)} --features; expected one "
+    raise UsageError(f"{len(questions)} --question but {len(files)} --features; expected one "
                       "--features per --question, or a single one for all")
   if args.top_k < 1:
-    raise _UsageError(f"--top_k {args.top_k}: expected a positive number")
+    raise UsageError(f"--top_k {args.top_k}: expected a positive number")
   if args.batch_size < 1:
-    raise _UsageError(f"--batch_size {args.batch_size}: expected a positive number")
+    raise UsageError(f"--batch_size {args.batch_size}: expected a positive number")
   images = {path: read_image(path) for path in dict.fromkeys(files)}
   predictor = Predictor.load(args.model, step=args.step, answers=args.answers,
                              batch_size=args.batch_size)
   for path, image in images.items():
     width = image["features"].shape[1]
     if width != predictor.visual_feat_dim:
-      raise _UsageError(f"{path} [x]: features are {width} wide; the model {args.model} "
+      raise UsageError(f"{path} [x]: features are {width} wide; the model {args.model} "
                         f"expects visual_feat_dim={predictor.visual_feat_dim}")
   if args.top_k > len(predictor.answers):
-    raise _UsageError(f"--top_k {args.top_k}: the model has only {len(predictor.answers)} "
+    raise UsageError(f"--top_k {args.top_k}: the model has only {len(predictor.answers)} "
                       "answers")
   per_question = files if len(files) == len(questions) else files * len(questions)
   answers = predictor.predict(
@@ -128,7 +113,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   try:
     args = _parser().parse_args(argv)
     result = _predict(args)
-  except (_UsageError, ValueError, OSError) as e:
+  except (UsageError, ValueError, OSError) as e:
     print(f"{PROG}: error: {' '.join(str(e).split())}", file=sys.stderr)
     return 1
   if args.json:
