@@ -97,13 +97,10 @@ def write_attention_maps(args: argparse.Namespace) -> list[str]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   """The command line; returns the exit status (1, with one line on stderr, on bad input)."""
-  try:
-    args = _parser().parse_args(argv)
-    written = write_attention_maps(args)
-  except (UsageError, ValueError, OSError) as e:
-    print(f"{PROG}: error: {' '.join(str(e).split())}", file=sys.stderr)
+  outcome = command_line.run(PROG, _parser(), argv, write_attention_maps)
+  if outcome is None:
     return 1
-  for path in written:
+  for path in outcome[1]:
     print(path)
   return 0
 

@@ -110,12 +110,10 @@ def _predict(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   """The command line; returns the exit status (1, with one line on stderr, on bad input)."""
-  try:
-    args = _parser().parse_args(argv)
-    result = _predict(args)
-  except (UsageError, ValueError, OSError) as e:
-    print(f"{PROG}: error: {' '.join(str(e).split())}", file=sys.stderr)
+  outcome = command_line.run(PROG, _parser(), argv, _predict)
+  if outcome is None:
     return 1
+  args, result = outcome
   if args.json:
     print(json.dumps(result, indent=2, ensure_ascii=False))
   else:

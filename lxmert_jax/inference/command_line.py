@@ -8,6 +8,8 @@ argument parser raises instead of printing usage and exiting with status 2.
 from __future__ import annotations
 
 import argparse
+import sys
+from typing import Any, Callable, Optional, Sequence
 
 
 class UsageError(Exception):
@@ -35,3 +37,18 @@ def parser_from_docstring(prog: str, doc: str) -> argparse.ArgumentParser:
   parser.add_argument("--step", default="best",
                       help="a run directory's checkpoint: best (default), latest or a step")
   return parser
+
+
+def run(prog: str, parser: argparse.ArgumentParser, argv: Optional[Sequence[str]],
+        action: Callable[[argparse.Namespace], Any]) -> Optional[tuple[argparse.Namespace, Any]]:
+  """Parses `argv` and runs `action(args)`; returns `(args, result)`.
+
+  On bad input (a usage error, `ValueError` or `OSError`) prints one line
+  `PROG: error: ...` on stderr and returns None.
+  """
+  try:
+    args = parser.parse_args(argv)
+    return args, action(args)
+  except (UsageError, ValueError, OSError) as e:
+    print(f"{prog}: error: {' '.join(str(e).split())}", file=sys.stderr)
+    return None

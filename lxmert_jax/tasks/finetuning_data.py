@@ -61,6 +61,7 @@ class FinetuneData:
       raise ValueError(f"batch_size {config.batch_size} exceeds the {self.num_train} "
                        f"training examples of {self.dir} ({cfg.train_split})")
     self._ids: dict[str, list[str]] = {}
+    self._labels: dict[tuple[str, str], list] = {}
 
   def _prepared(self) -> bool:
     try:
@@ -119,18 +120,23 @@ class FinetuneData:
       self._ids[split] = [_text(records[i][key]) for i in range(len(records))]
     return self._ids[split]
 
+  def _fields(self, split: str, fields: tuple[str, ...]) -> list[dict]:
+    """`fields` of every record of `split`, read once per run (the dev split is scored each epoch)."""
+    key = (split, ",".join(fields))
+    if key not in self._labels:
+      records = store.Records(self.dir, self.benchmark, store.resolve_splits(split),
+                              fields=list(fields))
+      self._labels[key] = [records[i] for i in range(len(records))]
+    return self._labels[key]
+
   def split_targets(self, split: str) -> list[tuple[np.ndarray, np.ndarray]]:
     """The `(answer ids, scores)` of each VQA/GQA example of `split` (empty when unlabelled)."""
-    records = store.Records(self.dir, self.benchmark, store.resolve_splits(split),
-                            fields=["ans_ids", "ans_scores"])
     return [(np.asarray(r["ans_ids"]), np.asarray(r["ans_scores"]))
-            for r in (records[i] for i in range(len(records)))]
+            for r in self._fields(split, ("ans_ids", "ans_scores"))]
 
   def split_labels(self, split: str) -> np.ndarray:
     """The NLVR2 label (1 = true) of each example of `split`."""
-    records = store.Records(self.dir, self.benchmark, store.resolve_splits(split),
-                            fields=["label"])
-    return np.asarray([int(records[i]["label"]) for i in range(len(records))])
+    return np.asarray([int(r["label"]) for r in self._fields(split, ("label",))])
 
   def demo_vqa_annotations(self) -> Optional[str]:
     """The built-in corpus's official-format VQA annotations, when this is the demo data."""
