@@ -70,12 +70,13 @@ def test_features_reveal_class_and_colour():
 
 
 @pytest.mark.slow
-def test_matching_is_learnable_from_the_batches_on_unseen_images():
-  """A bilinear probe (bag of word ids x mean RoI feature, ridge regression) fit on
-  pre-training batches tells matched from mismatched pairs of images it never saw.
+def test_matching_needs_both_text_and_image_on_unseen_images():
+  """Ridge probes fit on pre-training batches, scored on images they never saw: a
+  bilinear one (bag of word ids x mean RoI feature) tells matched from mismatched
+  pairs; one on the words alone, or on the image alone, does not.
 
-  Matching is the one objective whose text-only and image-only statistics carry no
-  signal; this shows the signal is in what the model receives.
+  So the matching head has no text-only (or image-only) shortcut: a mismatched
+  sentence is a true sentence of another image, drawn from the same distribution.
   """
   data_dir = tiny_data(num_images=80, feature_dim=64)
 
@@ -88,20 +89,27 @@ def test_matching_is_learnable_from_the_batches_on_unseen_images():
   fit, held_out = batches("mscoco_train+vgnococo", 0), batches("mscoco_minival", 1)
   vocab = np.unique(np.concatenate([fit["input_ids"].ravel(), held_out["input_ids"].ravel()]))
 
-  def features(b):
+  def parts(b):
     words = np.zeros((len(b["input_ids"]), len(vocab)))
     for i, row in enumerate(b["input_ids"]):
       np.add.at(words[i], np.searchsorted(vocab, row), 1.0)
     mask = b["visual_attention_mask"][..., None]
     image = (b["visual_feats"] * mask).sum(1) / mask.sum(1)
-    image = np.c_[image, np.ones(len(image))]
-    return np.einsum("bi,bj->bij", words, image).reshape(len(words), -1)
+    ones = np.ones((len(words), 1))
+    return np.c_[words, ones], np.c_[image, ones]
 
-  x, x_new = features(fit), features(held_out)
-  w = np.linalg.solve(x.T @ x + 30.0 * np.eye(x.shape[1]), x.T @ (2.0 * fit["matched_label"] - 1))
-  accuracy = ((x_new @ w > 0) == held_out["matched_label"]).mean()
+  def probe_accuracy(features):
+    x, x_new = features(parts(fit)), features(parts(held_out))
+    w = np.linalg.solve(x.T @ x + 30.0 * np.eye(x.shape[1]),
+                        x.T @ (2.0 * fit["matched_label"] - 1))
+    return ((x_new @ w > 0) == held_out["matched_label"]).mean()
+
+  bilinear = probe_accuracy(
+      lambda p: np.einsum("bi,bj->bij", p[0], p[1]).reshape(len(p[0]), -1))
+  text_only, image_only = probe_accuracy(lambda p: p[0]), probe_accuracy(lambda p: p[1])
   assert 0.4 < held_out["matched_label"].mean() < 0.6
-  assert accuracy > 0.65, accuracy
+  assert bilinear > 0.7, bilinear
+  assert text_only < 0.58 and image_only < 0.58, (text_only, image_only)
 
 
 def test_answers_and_captions_are_true_of_their_image():
