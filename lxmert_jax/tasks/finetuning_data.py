@@ -11,17 +11,14 @@ from __future__ import annotations
 import os
 from typing import Iterator, Mapping, Optional
 
-import jax
-from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
-from lxmert_jax import data as data_lib
 from lxmert_jax.data import store
 from lxmert_jax.data.pipeline.downstream import make_downstream_loader
 from lxmert_jax.data.prepare.synthetic_corpus import VQA_VAL_ANNOTATIONS
+from lxmert_jax.tasks import data_shards, demo_corpus
 from lxmert_jax.tasks.base import DataNotFoundError
-from lxmert_jax.tasks.pretraining_data import demo_data_dir, say
 
 ID_FIELDS = {"vqa": "question_id", "gqa": "question_id", "nlvr2": "identifier"}
 
@@ -31,31 +28,30 @@ class FinetuneData:
 
   With `config.data.build_demo` and no prepared dataset, the built-in corpus's
   task files are generated and prepared first (into `data.dir`, or
-  `WORKDIR/demo_data` when `data.dir` is empty); a directory that already has
-  the corpus (e.g. a pre-training demo's) gets the task added to it.
+  `WORKDIR/demo_data` when `data.dir` is empty) by every process that does
+  not find them (`demo_corpus`); a directory that already has the corpus
+  (e.g. a pre-training demo's) gets the task added to it. Each process reads
+  its shard of the data (`data_shards`).
   """
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str, benchmark: str):
     self.config = config
     self.benchmark = benchmark
     cfg = config.data
-    self.dir = cfg.dir or (demo_data_dir(workdir) if cfg.build_demo else "")
+    self.dir = demo_corpus.data_dir(cfg, workdir)
     if not self.dir:
       raise DataNotFoundError(_missing_data_message(benchmark, "(empty)"))
-    if cfg.build_demo and not self._prepared():
-      if jax.process_index() == 0:
-        say(f"building the demo corpus's {benchmark} data ({cfg.demo_images} images) in "
-            f"{self.dir}")
-        data_lib.build_demo_data(self.dir, num_images=cfg.demo_images, seed=cfg.demo_seed,
-                                 feature_dim=cfg.demo_feature_dim, tasks=(benchmark,))
-      multihost_utils.sync_global_devices(f"lxmert_jax demo {benchmark} data")
+    if cfg.build_demo:
+      demo_corpus.ensure(self.dir, cfg, benchmark, self._prepared)
     if not self._prepared():
       raise DataNotFoundError(_missing_data_message(benchmark, self.dir))
     self.info = store.dataset_info(self.dir, benchmark)
     self.num_train = self.num_examples(cfg.train_split)
-    if config.batch_size % jax.process_count():
+    self.shard_count = data_shards.shard_count()
+    data_shards.announce(self.shard_count)
+    if config.batch_size % self.shard_count:
       raise ValueError(f"batch_size {config.batch_size} is not divisible by the "
-                       f"{jax.process_count()} processes")
+                       f"{self.shard_count} processes")
     self.steps_per_epoch = self.num_train // config.batch_size
     if self.steps_per_epoch == 0:
       raise ValueError(f"batch_size {config.batch_size} exceeds the {self.num_train} "
@@ -93,23 +89,29 @@ class FinetuneData:
       fields["num_qa_labels"] = len(self.label2ans)
     return fields
 
-  def _loader(self, split: str, *, train: bool, batch_size: int):
+  def _batches(self, split: str, *, train: bool,
+               batch_size: int) -> Iterator[Mapping[str, np.ndarray]]:
+    """This process's batches of `split`: of its shard, or of all when emulating."""
     cfg = self.config.data
-    return make_downstream_loader(
-        self.benchmark, self.dir, split, batch_size=batch_size // jax.process_count(),
-        seed=self.config.seed, train=train, max_seq_length=cfg.max_seq_length,
-        num_objects=cfg.num_objects, shard_index=jax.process_index(),
-        shard_count=jax.process_count(), worker_count=cfg.worker_count)
+
+    def loader(shard_index: int, shard_count: int):
+      return make_downstream_loader(
+          self.benchmark, self.dir, split, batch_size=batch_size // shard_count,
+          seed=self.config.seed, train=train, max_seq_length=cfg.max_seq_length,
+          num_objects=cfg.num_objects, shard_index=shard_index, shard_count=shard_count,
+          worker_count=cfg.worker_count)
+
+    return data_shards.iterate(loader, self.shard_count)
 
   def train_iterator(self) -> Iterator[Mapping[str, np.ndarray]]:
     """An endless, checkpointable iterator over shuffled training batches."""
-    return iter(self._loader(self.config.data.train_split, train=True,
-                             batch_size=self.config.batch_size))
+    return self._batches(self.config.data.train_split, train=True,
+                         batch_size=self.config.batch_size)
 
   def eval_batches(self, split: str, batch_size: int) -> Iterator[Mapping[str, np.ndarray]]:
     """Every example of `split` once, in order; the last batch padded (`_mask` 0)."""
     self.num_examples(split)
-    return iter(self._loader(split, train=False, batch_size=batch_size))
+    return self._batches(split, train=False, batch_size=batch_size)
 
   def example_ids(self, split: str) -> list[str]:
     """The question id (NLVR2: identifier) of each example of `split`, in record order."""

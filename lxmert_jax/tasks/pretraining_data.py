@@ -9,20 +9,19 @@ used where they are not installed.
 
 from __future__ import annotations
 
-import os
-import sys
-import tempfile
 from typing import Iterator, Mapping, Optional
 
 from absl import logging
-import jax
-from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
 from lxmert_jax import data as data_lib
-from lxmert_jax import paths
+from lxmert_jax.tasks import data_shards, demo_corpus
 from lxmert_jax.tasks.base import DataNotFoundError
+from lxmert_jax.tasks.demo_corpus import demo_data_dir
+
+# demo_data_dir: where a demo run's corpus is (the predictor finds it here).
+__all__ = ["PretrainData", "demo_data_dir"]
 
 
 class PretrainData:
@@ -30,23 +29,18 @@ class PretrainData:
 
   With `config.data.build_demo` and no prepared directory, the built-in
   synthetic corpus is generated first (into `data.dir`, or `WORKDIR/demo_data`
-  when `data.dir` is empty).
+  when `data.dir` is empty), by every process that does not find it
+  (`demo_corpus`). Each process reads its shard of the data (`data_shards`).
   """
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
     self.config = config
     cfg = config.data
-    self.dir = cfg.dir or (demo_data_dir(workdir) if cfg.build_demo else "")
+    self.dir = demo_corpus.data_dir(cfg, workdir)
     if not self.dir:
       raise DataNotFoundError(_missing_data_message("(empty)"))
-    if cfg.build_demo and not self._prepared():
-      # One process builds; the others wait for it (they share the directory).
-      if jax.process_index() == 0:
-        say(f"building the demo corpus ({cfg.demo_images} images) in {self.dir}")
-        data_lib.build_demo_data(
-            self.dir, num_images=cfg.demo_images, seed=cfg.demo_seed,
-            feature_dim=cfg.demo_feature_dim, tasks=("pretrain",))
-      multihost_utils.sync_global_devices("lxmert_jax demo data")
+    if cfg.build_demo:
+      demo_corpus.ensure(self.dir, cfg, "pretrain", self._prepared)
     if not self._prepared():
       raise DataNotFoundError(_missing_data_message(self.dir))
     self.info = data_lib.dataset_info(self.dir)
@@ -54,10 +48,12 @@ class PretrainData:
     if self._num_examples(cfg.eval_split) < config.batch_size:
       logging.warning("eval split %s has fewer than batch_size=%d examples; evaluation "
                       "will be skipped", cfg.eval_split, config.batch_size)
-    self.per_host_batch = config.batch_size // jax.process_count()
-    if config.batch_size % jax.process_count():
+    self.shard_count = data_shards.shard_count()
+    data_shards.announce(self.shard_count)
+    self.per_shard_batch = config.batch_size // self.shard_count
+    if config.batch_size % self.shard_count:
       raise ValueError(f"batch_size {config.batch_size} is not divisible by the "
-                       f"{jax.process_count()} processes")
+                       f"{self.shard_count} processes")
     self.steps_per_epoch = num_train // config.batch_size
     if self.steps_per_epoch == 0:
       raise ValueError(f"batch_size {config.batch_size} exceeds the {num_train} training "
@@ -85,19 +81,24 @@ class PretrainData:
     return {k: self.info[k] for k in ("vocab_size", "num_qa_labels", "num_object_labels",
                                       "num_attr_labels", "visual_feat_dim")}
 
-  def _loader(self, split: str, *, shuffle: bool, num_epochs: Optional[int], seed: int):
+  def _batches(self, split: str, *, shuffle: bool, num_epochs: Optional[int],
+               seed: int) -> Iterator[Mapping[str, np.ndarray]]:
+    """This process's batches of `split`: of its shard, or of all when emulating."""
     cfg = self.config.data
-    return data_lib.make_pretrain_loader(
-        self.dir, split, batch_size=self.per_host_batch, seed=seed,
-        max_seq_length=cfg.max_seq_length, num_objects=cfg.num_objects, shuffle=shuffle,
-        num_epochs=num_epochs, shard_index=jax.process_index(),
-        shard_count=jax.process_count(), worker_count=cfg.worker_count, drop_remainder=True,
-        feature_dtype=np.float16)
+
+    def loader(shard_index: int, shard_count: int):
+      return data_lib.make_pretrain_loader(
+          self.dir, split, batch_size=self.per_shard_batch, seed=seed,
+          max_seq_length=cfg.max_seq_length, num_objects=cfg.num_objects, shuffle=shuffle,
+          num_epochs=num_epochs, shard_index=shard_index, shard_count=shard_count,
+          worker_count=cfg.worker_count, drop_remainder=True, feature_dtype=np.float16)
+
+    return data_shards.iterate(loader, self.shard_count)
 
   def train_iterator(self) -> Iterator[Mapping[str, np.ndarray]]:
     """An endless, checkpointable iterator over shuffled training batches."""
-    return iter(self._loader(self.config.data.train_split, shuffle=True, num_epochs=None,
-                             seed=self.config.seed))
+    return self._batches(self.config.data.train_split, shuffle=True, num_epochs=None,
+                         seed=self.config.seed)
 
   def eval_batches(self) -> Iterator[Mapping[str, np.ndarray]]:
     """`eval_batches` batches of the eval split, the same ones every time.
@@ -105,31 +106,13 @@ class PretrainData:
     Shuffled with a fixed seed: records are stored image by image, so the
     first batches in file order would cover only a few images.
     """
-    loader = self._loader(self.config.data.eval_split, shuffle=True, num_epochs=1,
-                          seed=self.config.seed)
+    loader = self._batches(self.config.data.eval_split, shuffle=True, num_epochs=1,
+                           seed=self.config.seed)
     limit = self.config.eval_batches
     for i, batch in enumerate(loader):
       if 0 < limit <= i:
         break
       yield batch
-
-
-def demo_data_dir(workdir: str) -> str:
-  """Where the demo corpus goes when `data.dir` is empty: in a local work directory.
-
-  The corpus is written with local file operations, so a bucket work
-  directory gets it in the machine's temporary directory instead.
-  """
-  if paths.is_local(workdir):
-    return os.path.join(workdir, "demo_data")
-  return os.path.join(tempfile.gettempdir(), "lxmert_jax_demo_data")
-
-
-def say(message: str) -> None:
-  """Logs, and shows on the console of process 0."""
-  logging.info("%s", message)
-  if jax.process_index() == 0:
-    print(message, file=sys.stderr, flush=True)
 
 
 def _missing_data_message(data_dir: str) -> str:
