@@ -451,8 +451,8 @@ def _run_tokenizer(source: str, run_config: Any) -> tokenization.Tokenizer:
   data_dir = data.get("dir") or ""
   if not data_dir and data.get("build_demo"):
     # The trainer's modules are only needed for a run on the built-in corpus.
-    from lxmert_jax.tasks import pretraining_data  # pylint: disable=import-outside-toplevel
-    data_dir = pretraining_data.demo_data_dir(source)
+    from lxmert_jax.tasks import demo_corpus  # pylint: disable=import-outside-toplevel
+    data_dir = demo_corpus.demo_data_dir(source)
   if not data_dir:
     return default
   task = run_config.get("task")

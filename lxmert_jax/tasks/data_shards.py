@@ -64,6 +64,19 @@ def announce(count: int) -> None:
         f"({READ_AS_PROCESSES_ENV}={count})")
 
 
+def checked_shard_count(batch_size: int) -> int:
+  """`shard_count()` for a run of global `batch_size`, announced (`announce`).
+
+  Raises:
+    ValueError: as `shard_count`, or `batch_size` does not split into the shards.
+  """
+  count = shard_count()
+  announce(count)
+  if batch_size % count:
+    raise ValueError(f"batch_size {batch_size} is not divisible by the {count} processes")
+  return count
+
+
 def iterate(make_loader: Callable[[int, int], Iterable[Mapping[str, np.ndarray]]],
             count: int) -> Iterator[Mapping[str, np.ndarray]]:
   """This process's batches: `iter(make_loader(index, count))` of each shard it reads.

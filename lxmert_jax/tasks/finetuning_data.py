@@ -47,11 +47,7 @@ class FinetuneData:
       raise DataNotFoundError(_missing_data_message(benchmark, self.dir))
     self.info = store.dataset_info(self.dir, benchmark)
     self.num_train = self.num_examples(cfg.train_split)
-    self.shard_count = data_shards.shard_count()
-    data_shards.announce(self.shard_count)
-    if config.batch_size % self.shard_count:
-      raise ValueError(f"batch_size {config.batch_size} is not divisible by the "
-                       f"{self.shard_count} processes")
+    self.shard_count = data_shards.checked_shard_count(config.batch_size)
     self.steps_per_epoch = self.num_train // config.batch_size
     if self.steps_per_epoch == 0:
       raise ValueError(f"batch_size {config.batch_size} exceeds the {self.num_train} "

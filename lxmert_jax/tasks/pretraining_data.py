@@ -18,10 +18,6 @@ import numpy as np
 from lxmert_jax import data as data_lib
 from lxmert_jax.tasks import data_shards, demo_corpus
 from lxmert_jax.tasks.base import DataNotFoundError
-from lxmert_jax.tasks.demo_corpus import demo_data_dir
-
-# demo_data_dir: where a demo run's corpus is (the predictor finds it here).
-__all__ = ["PretrainData", "demo_data_dir"]
 
 
 class PretrainData:
@@ -48,12 +44,8 @@ class PretrainData:
     if self._num_examples(cfg.eval_split) < config.batch_size:
       logging.warning("eval split %s has fewer than batch_size=%d examples; evaluation "
                       "will be skipped", cfg.eval_split, config.batch_size)
-    self.shard_count = data_shards.shard_count()
-    data_shards.announce(self.shard_count)
+    self.shard_count = data_shards.checked_shard_count(config.batch_size)
     self.per_shard_batch = config.batch_size // self.shard_count
-    if config.batch_size % self.shard_count:
-      raise ValueError(f"batch_size {config.batch_size} is not divisible by the "
-                       f"{self.shard_count} processes")
     self.steps_per_epoch = num_train // config.batch_size
     if self.steps_per_epoch == 0:
       raise ValueError(f"batch_size {config.batch_size} exceeds the {num_train} training "
