@@ -32,6 +32,24 @@ def fast_compile():
   jax.config.update("jax_disable_most_optimizations", previous)
 
 
+@pytest.fixture(scope="module")
+def compilation_cache(tmp_path_factory):
+  """A persistent compilation cache for one module whose runs compile the same programs.
+
+  Use with `pytestmark = pytest.mark.usefixtures("compilation_cache")`; the
+  settings are restored when the module is done.
+  """
+  import jax  # pylint: disable=import-outside-toplevel
+  names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+           "jax_persistent_cache_min_entry_size_bytes")
+  previous = {n: getattr(jax.config, n) for n in names}
+  for name, value in zip(names, (str(tmp_path_factory.mktemp("jax_cache")), 0, -1)):
+    jax.config.update(name, value)
+  yield
+  for name, value in previous.items():
+    jax.config.update(name, value)
+
+
 @pytest.fixture(scope="session")
 def demo_data(tmp_path_factory):
   """Prepared pre-training demo data matching configs/pretrain.py:tiny (F=32).

@@ -25,20 +25,8 @@ from benchmarks import pretraining_ablation as ablation  # pylint: disable=wrong
 from lxmert_jax.inference import saved_models  # pylint: disable=wrong-import-position
 from run_env import one_device_env  # pylint: disable=wrong-import-position
 
+pytestmark = pytest.mark.usefixtures("compilation_cache")
 VISION = ("obj", "attr", "feat")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _compilation_cache(tmp_path_factory):
-  """The seeds' runs compile the same programs; compile them once."""
-  names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-           "jax_persistent_cache_min_entry_size_bytes")
-  previous = {n: getattr(jax.config, n) for n in names}
-  for name, value in zip(names, (str(tmp_path_factory.mktemp("jax_cache")), 0, -1)):
-    jax.config.update(name, value)
-  yield
-  for name, value in previous.items():
-    jax.config.update(name, value)
 
 
 def test_conditions_are_the_papers_task_sets():

@@ -10,20 +10,7 @@ from configs import pretrain
 from lxmert_jax.tasks import pretraining as pretraining_task
 from lxmert_jax.training import trainer
 
-pytestmark = pytest.mark.usefixtures("fast_compile")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _compilation_cache(tmp_path_factory):
-  """Runs of the same config compile the same programs; compile them once."""
-  names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-           "jax_persistent_cache_min_entry_size_bytes")
-  previous = {n: getattr(jax.config, n) for n in names}
-  for name, value in zip(names, (str(tmp_path_factory.mktemp("jax_cache")), 0, -1)):
-    jax.config.update(name, value)
-  yield
-  for name, value in previous.items():
-    jax.config.update(name, value)
+pytestmark = pytest.mark.usefixtures("fast_compile", "compilation_cache")
 
 
 def _tiny_config(data_dir, **overrides):
