@@ -62,7 +62,8 @@ def test_tiny_run_writes_checkpoints_events_metrics_and_plot(env, demo_data, tmp
               "train/grad_norm", "train/examples_per_sec"):
     assert key in train_rows[-1], key
   assert train_rows[0]["train/lr"] == 0.0  # BertAdam's first update has lr 0.
-  for key in ("eval/acc/mlm", "eval/other_image/acc/mlm", "eval/other_image/acc/qa"):
+  for key in ("eval/acc/mlm", "eval/other_image/acc/mlm", "eval/other_image/acc/qa",
+              "eval/other_image/loss/qa"):
     assert key in eval_rows[-1], key
   assert "image use:   mlm acc" in result.stderr
   with open(os.path.join(workdir, "loss_curves.png"), "rb") as f:
