@@ -71,14 +71,25 @@ def features_as_float32(batch: Batch) -> Batch:
                       if k in batch}}
 
 
-def with_other_images(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+def _rolled_by_one(images: Batch) -> Batch:
+  return {k: jnp.roll(v, 1, axis=0) for k, v in images.items()}
+
+
+def with_other_images(batch: Batch) -> Batch:
   """The batch with each sentence paired with the next example's image.
 
   Masked words and answers are often guessable from the sentence alone, so
   their accuracies say little about grounding; the drop from this control
   to the real pairing is what the model takes from the image.
+
+  On a placed (global, sharded) batch the roll runs on the devices over the
+  whole batch, so every sentence gets the same other image however many
+  processes hold the batch's parts; the result keeps the batch's sharding.
   """
-  return {k: np.roll(v, 1, axis=0) if k in IMAGE_KEYS else v for k, v in batch.items()}
+  images = {k: v for k, v in batch.items() if k in IMAGE_KEYS}
+  shardings = ({k: v.sharding for k, v in images.items()}
+               if all(isinstance(v, jax.Array) for v in images.values()) else None)
+  return {**batch, **jax.jit(_rolled_by_one, out_shardings=shardings)(images)}
 
 
 class PretrainingTask(Task):
@@ -175,8 +186,9 @@ class PretrainingTask(Task):
     control: dict[str, float] = {}
     num = 0
     for host_batch in self._require_data().eval_batches():
-      for target, batch in ((sums, host_batch), (control, with_other_images(host_batch))):
-        metric_sums.add_to(target, jax.device_get(eval_step(state, place(batch))))
+      batch = place(host_batch)
+      for target, pairing in ((sums, batch), (control, with_other_images(batch))):
+        metric_sums.add_to(target, jax.device_get(eval_step(state, pairing)))
       num += 1
     if not num:
       return {}
