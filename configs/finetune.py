@@ -44,6 +44,9 @@ def get_config(task: str, arg: str | None, *, lr: float, train_split: str,
   config.data.demo_images = 0
   config.data.demo_seed = 0
   config.data.demo_feature_dim = 256
+  config.data.demo_max_objects = 5  # Objects per scene: 2 to this.
+  # "relations" or "inventory" (`CorpusConfig.caption_style`).
+  config.data.demo_captions = "relations"
   config.data.train_split = train_split
   config.data.eval_split = eval_split
   config.data.max_seq_length = 20

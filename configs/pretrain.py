@@ -35,6 +35,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.demo_images = 0
   config.data.demo_seed = 0
   config.data.demo_feature_dim = 256  # F of the synthetic RoI features.
+  config.data.demo_max_objects = 5  # Objects per scene: 2 to this.
+  # "relations" or "inventory" (`CorpusConfig.caption_style`).
+  config.data.demo_captions = "relations"
   config.data.train_split = "mscoco_train+mscoco_nominival+vgnococo"
   config.data.eval_split = "mscoco_minival"
   config.data.max_seq_length = 20  # [CLS] + 18 word-pieces + [SEP].

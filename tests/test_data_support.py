@@ -19,13 +19,17 @@ TINY = dict(num_images=24, seed=3, feature_dim=16, num_boxes=6)
 
 @functools.lru_cache(maxsize=None)
 def tiny_data(num_images: int = TINY["num_images"], seed: int = TINY["seed"],
-              feature_dim: int = TINY["feature_dim"], num_boxes: int = TINY["num_boxes"]) -> str:
-  """A prepared synthetic corpus (all tasks); read-only for the tests."""
+              feature_dim: int = TINY["feature_dim"], num_boxes: int = TINY["num_boxes"],
+              **corpus_options) -> str:
+  """A prepared synthetic corpus (all tasks); read-only for the tests.
+
+  `corpus_options`: `max_objects`, `caption_style` of `build_demo_data`.
+  """
   root = tempfile.mkdtemp(prefix="lxmert_data_test_")
   atexit.register(shutil.rmtree, root, True)
   return synthetic_corpus.build_demo_data(os.path.join(root, "data"), num_images=num_images,
                                           seed=seed, feature_dim=feature_dim,
-                                          num_boxes=num_boxes)
+                                          num_boxes=num_boxes, **corpus_options)
 
 
 def corpus_dir(data_dir: str) -> str:

@@ -70,7 +70,9 @@ def test_features_reveal_class_and_colour():
 
 
 @pytest.mark.slow
-def test_matching_needs_both_text_and_image_on_unseen_images():
+@pytest.mark.parametrize("corpus_options", [{}, {"caption_style": "inventory", "max_objects": 3}],
+                         ids=["relations", "inventory"])
+def test_matching_needs_both_text_and_image_on_unseen_images(corpus_options):
   """Ridge probes fit on pre-training batches, scored on images they never saw: a
   bilinear one (bag of word ids x mean RoI feature) tells matched from mismatched
   pairs; one on the words alone, or on the image alone, does not.
@@ -78,7 +80,7 @@ def test_matching_needs_both_text_and_image_on_unseen_images():
   So the matching head has no text-only (or image-only) shortcut: a mismatched
   sentence is a true sentence of another image, drawn from the same distribution.
   """
-  data_dir = tiny_data(num_images=80, feature_dim=64)
+  data_dir = tiny_data(num_images=80, feature_dim=64, **corpus_options)
 
   def batches(split, seed):
     return collect(make_pretrain_loader(data_dir, split, batch_size=16, seed=seed,
@@ -143,6 +145,30 @@ def test_answers_and_captions_are_true_of_their_image():
   assert checked > 0
   # Captions describe their own image; another image rarely has those objects.
   assert np.mean(own_hits) == 1.0 and np.mean(other_hits) < 0.3
+
+
+def test_inventory_captions_name_every_object_of_their_image():
+  root = corpus_dir(tiny_data(caption_style="inventory", max_objects=3))
+  images = {**tsv_images(root, "train2014"), **tsv_images(root, "vg_gqa")}
+  phrase = re.compile(r"(" + "|".join(scenes.COLOURS) + r") (" +
+                      "|".join(scenes.OBJECT_CLASSES) + r")\b")
+  checked = 0
+  for datum in annotations.load_json(os.path.join(root, "lxmert", "mscoco_train.json")):
+    img = images[datum["img_id"]]
+    objects = sorted((scenes.COLOURS[a], scenes.OBJECT_CLASSES[c])
+                     for a, c in zip(img.attrs_id, img.objects_id))
+    for caption in datum["sentf"]["mscoco"] + datum["sentf"].get("vg", []):
+      named = phrase.findall(caption)
+      assert 2 <= len(named) <= 3, caption
+      # Every box is an object or a duplicate of one: the caption names each once.
+      assert set(named) == set(objects), (caption, objects)
+      checked += 1
+  assert checked > 0
+
+
+def test_unknown_caption_style_is_refused(tmp_path):
+  with pytest.raises(ValueError, match="caption_style='poems'.*relations"):
+    sc.build_synthetic_corpus(str(tmp_path / "corpus"), num_images=8, caption_style="poems")
 
 
 def test_nlvr2_labels_are_balanced_enough():

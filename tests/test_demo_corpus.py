@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import ml_collections
 import pytest
 
 from lxmert_jax.data import store
@@ -53,3 +54,18 @@ def test_processes_building_into_one_directory_at_once_leave_one_complete_corpus
     demo_corpus.build(directory, "gqa", **{**SIZES, "seed": 1})
   assert demo_corpus._PRIVATE_PREFIX not in str(error.value)  # pylint: disable=protected-access
   assert not [n for n in os.listdir(directory) if n.startswith(".")]
+
+
+def test_the_config_chooses_the_corpus_scenes_and_captions(tmp_path):
+  data_config = ml_collections.ConfigDict(dict(
+      demo_images=8, demo_seed=0, demo_feature_dim=4, demo_max_objects=3,
+      demo_captions="inventory"))
+  directory = str(tmp_path / "demo")
+  demo_corpus.ensure(directory, data_config, "pretrain", lambda: False)
+  assert {k: _marker(directory)[k] for k in ("max_objects", "caption_style")} == {
+      "max_objects": 3, "caption_style": "inventory"}
+  with open(os.path.join(directory, "corpus", "corpus_config.json"), encoding="utf-8") as f:
+    assert json.load(f)["caption_style"] == "inventory"
+  with open(os.path.join(directory, "corpus", "lxmert", "mscoco_train.json"),
+            encoding="utf-8") as f:
+    assert all(c.startswith("there is a ") for d in json.load(f) for c in d["sentf"]["mscoco"])

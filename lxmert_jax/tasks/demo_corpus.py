@@ -31,7 +31,7 @@ import shutil
 import socket
 import sys
 import tempfile
-from typing import Callable
+from typing import Any, Callable
 
 from absl import logging
 import jax
@@ -86,7 +86,8 @@ def ensure(directory: str, data_config: ml_collections.ConfigDict, task: str,
 
   Args:
     directory: the run's data directory.
-    data_config: `config.data` (`demo_images`, `demo_seed`, `demo_feature_dim`).
+    data_config: `config.data` (`demo_images`, `demo_seed`, `demo_feature_dim`,
+      `demo_max_objects`, `demo_captions`).
     task: "pretrain", "vqa", "gqa" or "nlvr2".
     is_prepared: whether `directory` holds the task's prepared dataset.
 
@@ -97,13 +98,17 @@ def ensure(directory: str, data_config: ml_collections.ConfigDict, task: str,
     what = "the demo corpus" if task == "pretrain" else f"the demo corpus's {task} data"
     say(f"building {what} ({data_config.demo_images} images) in {directory}")
     build(directory, task, num_images=data_config.demo_images, seed=data_config.demo_seed,
-          feature_dim=data_config.demo_feature_dim)
+          feature_dim=data_config.demo_feature_dim, max_objects=data_config.demo_max_objects,
+          caption_style=data_config.demo_captions)
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices(f"lxmert_jax demo {task} data")
 
 
-def build(directory: str, task: str, *, num_images: int, seed: int, feature_dim: int) -> None:
+def build(directory: str, task: str, *, num_images: int, seed: int, feature_dim: int,
+          **corpus_options: Any) -> None:
   """`build_demo_data(directory, ..., tasks=(task,))`, safe against concurrent builders.
+
+  `corpus_options` go to `build_demo_data` (`max_objects`, `caption_style`).
 
   Builds into a private directory inside `directory` and publishes what
   `directory` lacks (see the module docstring). Only process 0 shows the
@@ -129,7 +134,7 @@ def build(directory: str, task: str, *, num_images: int, seed: int, feature_dim:
     with quiet:
       try:
         data_lib.build_demo_data(private, num_images=num_images, seed=seed,
-                                 feature_dim=feature_dim, tasks=(task,))
+                                 feature_dim=feature_dim, tasks=(task,), **corpus_options)
       except ValueError as e:
         raise ValueError(str(e).replace(private, directory)) from None
     task_dataset = layout.TASK_DATASETS[task]

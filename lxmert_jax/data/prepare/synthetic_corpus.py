@@ -39,8 +39,9 @@ import numpy as np
 from lxmert_jax.data import layout
 from lxmert_jax.data.prepare import tsv_features
 from lxmert_jax.data.prepare.synthetic_scenes import (
-    ATTRIBUTES, COLOURS, NUMBER_WORDS, OBJECT_CLASSES, CorpusConfig, Scene, World, captions,
-    plural, questions, raw_variant, vqa_label)
+    ATTRIBUTES, CAPTION_STYLES, COLOURS, NUMBER_WORDS, OBJECT_CLASSES, CorpusConfig, Scene, World,
+    captions, plural, questions, raw_variant, vqa_label)
+
 
 def _write_json(path: str, data) -> None:
   os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -52,7 +53,8 @@ def _write_json(path: str, data) -> None:
 
 def build_synthetic_corpus(out_dir: str, num_images: int = 200, seed: int = 0,
                            feature_dim: int = 256, num_boxes: int = 36,
-                           max_objects: int = 5, noise: float = 0.3) -> str:
+                           max_objects: int = 5, noise: float = 0.3,
+                           caption_style: str = "relations") -> str:
   """Writes the corpus under `out_dir` in the reference layout.
 
   Args:
@@ -64,6 +66,7 @@ def build_synthetic_corpus(out_dir: str, num_images: int = 200, seed: int = 0,
     num_boxes: boxes per image.
     max_objects: most objects per scene.
     noise: feature noise standard deviation.
+    caption_style: see `CorpusConfig`.
 
   Returns:
     `out_dir`.
@@ -71,7 +74,8 @@ def build_synthetic_corpus(out_dir: str, num_images: int = 200, seed: int = 0,
   if num_images < 8:
     raise ValueError(f"num_images={num_images}; expected at least 8 (every split needs images)")
   cfg = CorpusConfig(num_images=num_images, feature_dim=feature_dim, num_boxes=num_boxes,
-                     max_objects=max_objects, noise=noise, seed=seed)
+                     max_objects=max_objects, noise=noise, caption_style=caption_style,
+                     seed=seed)
   world = World(cfg)
   rng = np.random.default_rng([seed, 2])
   n_train, n_val = num_images // 2, num_images // 4
@@ -104,13 +108,14 @@ def build_synthetic_corpus(out_dir: str, num_images: int = 200, seed: int = 0,
     is_coco = scene.img_id.startswith("COCO")
     sentf, labelf = {}, {}
     if is_coco:
-      sentf["mscoco"] = captions(rng, scene, 5)
+      sentf["mscoco"] = captions(rng, scene, 5, style=caption_style)
       vqa_q[scene.img_id] = [(next(qid), q, vqa_label(rng, a))
                              for q, a in questions(rng, scene, 4)]
       sentf["vqa"] = [q for _, q, _ in vqa_q[scene.img_id]]
       labelf["vqa"] = [lab for _, _, lab in vqa_q[scene.img_id]]
     if not is_coco or rng.random() < 0.5:
-      sentf["vg"] = captions(rng, scene, int(rng.integers(3, 6)), short=True)
+      sentf["vg"] = captions(rng, scene, int(rng.integers(3, 6)), short=True,
+                               style=caption_style)
       gqa_q[scene.img_id] = [(next(qid), q, a) for q, a in questions(rng, scene, 3)]
       sentf["gqa"] = [q for _, q, _ in gqa_q[scene.img_id]]
       labelf["gqa"] = [{raw_variant(rng, a): 1.0} for _, _, a in gqa_q[scene.img_id]]
@@ -280,7 +285,9 @@ DEMO_MARKER = "demo_data.json"
 
 
 def build_demo_data(data_dir: str, num_images: int = 200, seed: int = 0, feature_dim: int = 256,
-                    num_boxes: int = 36, tasks: Sequence[str] = ("pretrain", "vqa", "gqa", "nlvr2"),
+                    num_boxes: int = 36, max_objects: int = CorpusConfig.max_objects,
+                    caption_style: str = CorpusConfig.caption_style,
+                    tasks: Sequence[str] = ("pretrain", "vqa", "gqa", "nlvr2"),
                     progress: bool = False) -> str:
   """Synthetic corpus -> prepared datasets in one call; skips if already done.
 
@@ -295,6 +302,8 @@ def build_demo_data(data_dir: str, num_images: int = 200, seed: int = 0, feature
     seed: corpus seed.
     feature_dim: F.
     num_boxes: boxes per image.
+    max_objects: most objects per scene.
+    caption_style: see `CorpusConfig`.
     tasks: datasets to prepare.
     progress: show progress bars.
 
@@ -306,7 +315,7 @@ def build_demo_data(data_dir: str, num_images: int = 200, seed: int = 0, feature
   """
   from lxmert_jax.data import prepare  # pylint: disable=g-import-not-at-top
   params = {"num_images": num_images, "seed": seed, "feature_dim": feature_dim,
-            "num_boxes": num_boxes}
+            "num_boxes": num_boxes, "max_objects": max_objects, "caption_style": caption_style}
   marker = os.path.join(data_dir, DEMO_MARKER)
   done: list[str] = []
   if os.path.exists(marker):
@@ -321,7 +330,8 @@ def build_demo_data(data_dir: str, num_images: int = 200, seed: int = 0, feature
   corpus = os.path.join(data_dir, "corpus")
   config_path = os.path.join(corpus, "corpus_config.json")
   wanted = dataclasses.asdict(CorpusConfig(num_images=num_images, feature_dim=feature_dim,
-                                           num_boxes=num_boxes, seed=seed))
+                                           num_boxes=num_boxes, max_objects=max_objects,
+                                           caption_style=caption_style, seed=seed))
   complete = False
   if os.path.exists(config_path):
     with open(config_path, encoding="utf-8") as f:
@@ -330,7 +340,8 @@ def build_demo_data(data_dir: str, num_images: int = 200, seed: int = 0, feature
     # The config file is written last, so a partial corpus is rebuilt.
     shutil.rmtree(corpus, ignore_errors=True)
     build_synthetic_corpus(corpus, num_images=num_images, seed=seed, feature_dim=feature_dim,
-                           num_boxes=num_boxes)
+                           num_boxes=num_boxes, max_objects=max_objects,
+                           caption_style=caption_style)
   missing = [t for t in tasks if t not in done]
   prepare.prepare_all(data_dir, prepare.Inputs(root=corpus), prepare.Options(progress=progress),
                       tasks=missing)
@@ -353,15 +364,20 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--num-boxes", type=int, default=CorpusConfig.num_boxes)
   parser.add_argument("--max-objects", type=int, default=CorpusConfig.max_objects)
   parser.add_argument("--noise", type=float, default=CorpusConfig.noise)
+  parser.add_argument("--caption-style", choices=CAPTION_STYLES,
+                      default=CorpusConfig.caption_style)
   args = parser.parse_args(argv)
   if args.demo_data:
     build_demo_data(args.demo_data, num_images=args.num_images, seed=args.seed,
-                    feature_dim=args.feature_dim, num_boxes=args.num_boxes, progress=True)
+                    feature_dim=args.feature_dim, num_boxes=args.num_boxes,
+                    max_objects=args.max_objects, caption_style=args.caption_style,
+                    progress=True)
     print(f"prepared demo data in {args.demo_data}")
     return 0
   build_synthetic_corpus(args.out, num_images=args.num_images, seed=args.seed,
                          feature_dim=args.feature_dim, num_boxes=args.num_boxes,
-                         max_objects=args.max_objects, noise=args.noise)
+                         max_objects=args.max_objects, noise=args.noise,
+                         caption_style=args.caption_style)
   print(f"wrote the corpus to {args.out}; prepare it with\n"
         f"  python -m lxmert_jax.data.prepare all --root {args.out} --out DATA_DIR")
   return 0

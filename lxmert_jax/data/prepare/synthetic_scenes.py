@@ -21,6 +21,7 @@ COLOURS = ("red", "blue", "green", "yellow", "purple", "brown", "gray", "black",
 SIZES = ("small", "large")
 MATERIALS = ("metal", "rubber", "wooden", "plastic", "glass")
 ATTRIBUTES = COLOURS + SIZES + MATERIALS
+CAPTION_STYLES = ("relations", "inventory")
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six")
 
 
@@ -67,6 +68,13 @@ class CorpusConfig:
     num_boxes: boxes per image (the reference has 36).
     max_objects: most objects in a scene (at least 2).
     noise: standard deviation of the feature noise.
+    caption_style: "relations" (two objects each: a relation, a count, a
+      material) or "inventory" (every object of the scene by colour and
+      class, in a random order: "there is a red cube , a blue cup and a
+      green hat ."). Inventory captions give image-sentence matching a
+      check for every object, so it leaves chance sooner (README, *A
+      grounded demo*); with `max_seq_length` 20 they fit scenes of at most
+      3 objects whole.
     seed: everything is a function of it.
   """
 
@@ -75,7 +83,12 @@ class CorpusConfig:
   num_boxes: int = 36
   max_objects: int = 5
   noise: float = 0.3
+  caption_style: str = "relations"
   seed: int = 0
+
+  def __post_init__(self):
+    if self.caption_style not in CAPTION_STYLES:
+      raise ValueError(f"caption_style={self.caption_style!r}; expected one of {CAPTION_STYLES}")
 
 
 class World:
@@ -145,8 +158,14 @@ def _relation(a: SceneObject, b: SceneObject) -> str:
   return "above" if ay < by else "below"
 
 
-def captions(rng: np.random.Generator, scene: Scene, n: int, short: bool = False) -> list[str]:
-  """True sentences about the scene (`short`: VG-style region phrases)."""
+def captions(rng: np.random.Generator, scene: Scene, n: int, short: bool = False,
+             style: str = "relations") -> list[str]:
+  """True sentences about the scene (`short`: VG-style region phrases).
+
+  `style` is `CorpusConfig.caption_style`.
+  """
+  if style == "inventory":
+    return [_inventory(rng, scene, short) for _ in range(n)]
   out = []
   objs = scene.objects
   for _ in range(n):
@@ -168,6 +187,14 @@ def captions(rng: np.random.Generator, scene: Scene, n: int, short: bool = False
     else:
       out.append(f"the {a.material} {a.cls} is {a.colour} .")
   return out
+
+
+def _inventory(rng: np.random.Generator, scene: Scene, short: bool) -> str:
+  """Every object of the scene by colour and class, in a random order."""
+  phrases = [scene.objects[i].phrase() for i in rng.permutation(len(scene.objects))]
+  if short:
+    return " , ".join(phrases)
+  return f"there is a {' , a '.join(phrases[:-1])} and a {phrases[-1]} ."
 
 
 def questions(rng: np.random.Generator, scene: Scene, n: int) -> list[tuple[str, str]]:
